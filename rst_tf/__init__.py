@@ -1,0 +1,1 @@
+"""rst-tf: Robust Scratch Tickets in Keras/TensorFlow."""

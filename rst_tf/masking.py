@@ -1,0 +1,155 @@
+"""Top-k masks over score magnitudes, the straight-through estimator, sparsity patterns and mask bit-packing.
+
+A masked layer keeps the `remaining_ratio` fraction of its weights with the largest |score|. The forward value of
+the mask is binary; its gradient with respect to |score| is the identity (straight-through), so the gradient that
+reaches a signed score is `sign(score) * dL/dmask`.
+"""
+import contextlib
+import math
+
+import numpy as np
+import tensorflow as tf
+
+SPARSITY_PATTERNS = ("element", "row", "kernel", "channel")
+
+_FLOAT_BITS_BUCKET = 32768  # 2**15: the low 15 bits of a float32 pattern; the high 16 bits pick a bucket
+
+
+def kept_count(total, remaining_ratio):
+    """Entries kept out of `total` at `remaining_ratio`: `total - floor((1 - remaining_ratio) * total)`."""
+    check_remaining_ratio(remaining_ratio)
+    return int(total - math.floor((1.0 - remaining_ratio) * total))
+
+
+def check_remaining_ratio(remaining_ratio):
+    if not (0.0 < float(remaining_ratio) <= 1.0):
+        raise ValueError(f"remaining_ratio must be in (0, 1], got {remaining_ratio}")
+
+
+def score_shape(kernel_shape, sparsity):
+    """Shape of the scores that mask a kernel: one score per group of weights, broadcast over the group.
+
+    Kernels are Keras HWIO `(kh, kw, in, out)`; a dense kernel `(in, out)` is treated as a 1x1 convolution, so
+    `row` and `kernel` are element-wise there and `channel` is one score per output unit.
+    """
+    if sparsity not in SPARSITY_PATTERNS:
+        raise ValueError(f"sparsity must be one of {SPARSITY_PATTERNS}, got {sparsity!r}")
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    if len(kernel_shape) == 2:
+        return (1, kernel_shape[1]) if sparsity == "channel" else kernel_shape
+    if len(kernel_shape) != 4:
+        raise ValueError(f"expected a 2-D or 4-D kernel shape, got {kernel_shape}")
+    kh, kw, cin, cout = kernel_shape
+    return {
+        "element": (kh, kw, cin, cout),
+        "row": (kh, 1, cin, cout),
+        "kernel": (1, 1, cin, cout),
+        "channel": (1, 1, 1, cout),
+    }[sparsity]
+
+
+def top_k_mask(magnitudes, remaining_ratio):
+    """Binary float mask of `magnitudes`' shape keeping exactly `kept_count(size, remaining_ratio)` largest entries.
+
+    `magnitudes` must be non-negative. Ties go to the lower flat index, as `tf.math.top_k` breaks them. Runs in a
+    few linear passes (a two-level radix select on the float bit patterns) rather than a sort.
+    """
+    magnitudes = tf.convert_to_tensor(magnitudes, tf.float32)
+    total = int(np.prod(magnitudes.shape))
+    keep = kept_count(total, remaining_ratio)
+    if keep == total:
+        return tf.ones_like(magnitudes)
+    bits = tf.bitcast(tf.reshape(magnitudes, [-1]), tf.int32)  # monotone in the value for non-negative floats
+    threshold = _kth_largest_bits(bits, keep)
+    greater = bits > threshold
+    equal = bits == threshold
+    still_needed = keep - tf.reduce_sum(tf.cast(greater, tf.int32))
+    ties_kept = equal & (tf.cumsum(tf.cast(equal, tf.int32)) <= still_needed)
+    return tf.reshape(tf.cast(greater | ties_kept, tf.float32), tf.shape(magnitudes))
+
+
+def _kth_largest_bits(bits, rank):
+    """Bit pattern of the `rank`-th largest entry (1-based) of non-negative int32 `bits`."""
+    high = bits // _FLOAT_BITS_BUCKET
+    low = bits % _FLOAT_BITS_BUCKET
+    bucket, rank_in_bucket = _select_bucket(high, rank, 2 * _FLOAT_BITS_BUCKET, weights=None)
+    in_bucket = tf.cast(high == bucket, tf.int32)
+    low_value, _ = _select_bucket(low, rank_in_bucket, _FLOAT_BITS_BUCKET, weights=in_bucket)
+    return bucket * _FLOAT_BITS_BUCKET + low_value
+
+
+def _select_bucket(values, rank, num_buckets, weights):
+    """The bucket holding the `rank`-th largest of `values`, and that entry's rank within the bucket."""
+    counts = tf.math.bincount(values, weights=weights, minlength=num_buckets, maxlength=num_buckets,
+                              dtype=tf.int32)
+    above = tf.cumsum(counts, reverse=True, exclusive=True)
+    holds = (above < rank) & (above + counts >= rank)
+    bucket = tf.reduce_max(tf.where(holds, tf.range(num_buckets), -1))
+    return bucket, rank - tf.gather(above, bucket)
+
+
+@tf.custom_gradient
+def _straight_through(magnitudes, mask):
+    """Forward: `mask`. Backward: the incoming gradient goes unchanged to `magnitudes` (and none to `mask`)."""
+    def grad(upstream):
+        return upstream, tf.zeros_like(mask)
+    return tf.identity(mask), grad
+
+
+def straight_through_mask(scores, mask):
+    """`mask` in the forward pass; in the backward pass `dL/dscores = sign(scores) * dL/dmask`.
+
+    `mask` must be `top_k_mask(abs(scores), ...)`; passing it in lets one mask computation serve many passes.
+    """
+    return _straight_through(tf.abs(scores), tf.stop_gradient(mask))
+
+
+def score_mask(scores, remaining_ratio):
+    """Top-k mask over |scores| with the straight-through gradient."""
+    return straight_through_mask(scores, top_k_mask(tf.abs(scores), remaining_ratio))
+
+
+# --- masks supplied from outside a layer (computed once per training step, or picked from a bank) -------------
+
+_supplied_masks = []
+
+
+@contextlib.contextmanager
+def supplied_masks(masks_by_layer):
+    """Within this block, each masked layer in `masks_by_layer` (a dict layer -> mask tensor) uses that mask.
+
+    Layers read it when they are called (traced), so a train step can compute every mask once and reuse it for all
+    the forward passes of an attack, and R2S can run one network with a mask picked from a bank.
+    """
+    _supplied_masks.append({id(layer): mask for layer, mask in masks_by_layer.items()})
+    try:
+        yield
+    finally:
+        _supplied_masks.pop()
+
+
+def supplied_mask_for(layer):
+    """The mask supplied for `layer` by the innermost `supplied_masks` block, or None."""
+    for masks in reversed(_supplied_masks):
+        if id(layer) in masks:
+            return masks[id(layer)]
+    return None
+
+
+# --- bit packing -----------------------------------------------------------------------------------------------
+
+def pack_mask(mask):
+    """Pack a binary mask into bytes, 8 entries per byte (C order)."""
+    mask = np.asarray(mask)
+    if not np.all((mask == 0) | (mask == 1)):
+        raise ValueError("pack_mask expects a binary mask of 0s and 1s")
+    return np.packbits(mask.astype(np.uint8).reshape(-1)).tobytes()
+
+
+def unpack_mask(packed, shape):
+    """Inverse of `pack_mask`: a float32 array of `shape`."""
+    size = int(np.prod(shape))
+    packed = np.frombuffer(packed, dtype=np.uint8)
+    if packed.size != (size + 7) // 8:
+        raise ValueError(f"packed mask holds {packed.size} bytes; shape {tuple(shape)} needs {(size + 7) // 8}")
+    return np.unpackbits(packed, count=size).astype(np.float32).reshape(shape)

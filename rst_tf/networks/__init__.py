@@ -1,0 +1,35 @@
+"""The paper's networks, built by name with masked layers throughout."""
+from rst_tf.networks.common import NORMALIZATION, MaskedLayerFactory
+from rst_tf.networks.resnet_cifar import preact_resnet18, resnet18
+from rst_tf.networks.resnet_imagenet import resnet50, resnet101
+from rst_tf.networks.wide_resnet import wrn_34_10
+
+NETWORKS = {
+    "resnet18": resnet18,
+    "preact_resnet18": preact_resnet18,
+    "wrn_34_10": wrn_34_10,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+}
+
+
+def build(name, *, num_classes, input_shape, dataset, remaining_ratio=0.5, sparsity="element",
+          weight_init="signed_kaiming_constant", seed=0, scale_fan=False, width_multiplier=1.0,
+          dense_first_conv=False, dense_classifier=False):
+    """Build network `name` with every conv and the classifier masked at `remaining_ratio`.
+
+    Weights are drawn from `seed` (layer i from stream i), so the same arguments give the same network anywhere.
+    """
+    if name not in NETWORKS:
+        raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {name!r}")
+    if dataset not in NORMALIZATION:
+        raise ValueError(f"dataset must be one of {sorted(NORMALIZATION)}, got {dataset!r}")
+    if width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be positive, got {width_multiplier}")
+    factory = MaskedLayerFactory(remaining_ratio=remaining_ratio, sparsity=sparsity, weight_init=weight_init,
+                                 seed=seed, scale_fan=scale_fan, width_multiplier=width_multiplier)
+    return NETWORKS[name](factory, num_classes=num_classes, input_shape=tuple(input_shape), dataset=dataset,
+                          dense_first_conv=dense_first_conv, dense_classifier=dense_classifier)
+
+
+__all__ = ["NETWORKS", "NORMALIZATION", "MaskedLayerFactory", "build"]

@@ -1,0 +1,276 @@
+"""A whole search run: data, network, strategy, epochs, validation, checkpoints (last and best), metrics files.
+
+`run(config, output_dir)` is what `bin/search` calls. Everything is seeded from `config.seed`; a run killed at any
+point and started again with `resume=True` continues from its last finished epoch and ends with the same scores as
+an uninterrupted run.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rst_tf import attacks, data, distribute, evaluate, layers, networks, search
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything that defines a run (the paper's CIFAR defaults)."""
+    dataset: str = "cifar10"
+    data_dir: str = ""
+    network: str = "resnet18"
+    width_multiplier: float = 1.0
+    remaining_ratio: float = 0.05
+    sparsity: str = "element"
+    weight_init: str = "signed_kaiming_constant"
+    scale_fan: bool = False
+    dense_first_conv: bool = False
+    dense_classifier: bool = False
+    mode: str = "rst"
+    attack: str = "pgd"
+    epsilon: float = 8 / 255
+    attack_steps: int = 7
+    attack_step_size: float = 2 / 255
+    attack_bn_training: bool = True
+    epochs: int = 160
+    batch_size: int = 256
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_drops: tuple = (0.5, 0.75)
+    validation_examples: int = -1  # -1: the dataset's default (1,000 for CIFAR)
+    train_examples: int = 0  # 0: all
+    test_examples: int = 0  # 0: all
+    eval_every: int = 1
+    eval_attack_steps: int = 20
+    seed: int = 0
+    strategy: str = "default"
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    deterministic: bool = False
+
+    def validate(self):
+        """Raise ValueError with one line naming the first bad field."""
+        checks = [
+            ("dataset", self.dataset in data.DATASETS, f"one of {data.DATASETS}"),
+            ("network", self.network in networks.NETWORKS, f"one of {sorted(networks.NETWORKS)}"),
+            ("remaining_ratio", 0.0 < self.remaining_ratio <= 1.0, "in (0, 1]"),
+            ("width_multiplier", self.width_multiplier > 0, "positive"),
+            ("mode", self.mode in search.MODES, f"one of {search.MODES}"),
+            ("strategy", self.strategy in distribute.STRATEGIES, f"one of {distribute.STRATEGIES}"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("learning_rate", self.learning_rate > 0, "positive"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("eval_every", self.eval_every >= 1, "at least 1"),
+            ("lr_drops", all(0 < f < 1 for f in self.lr_drops), "fractions of the run in (0, 1)"),
+        ]
+        for field, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{field} must be {expected}, got {getattr(self, field)!r}")
+        self.attack_config().validate()
+
+    def attack_config(self):
+        if self.mode == "natural":
+            return attacks.AttackConfig(name="none")
+        if self.attack == "fgsm_rs":
+            return attacks.fgsm_rs_config(self.epsilon)
+        return attacks.AttackConfig(name=self.attack, epsilon=self.epsilon, steps=self.attack_steps,
+                                    step_size=self.attack_step_size)
+
+    def eval_attack_config(self):
+        """Standard PGD-20 at the search's ε: random start, step 2/255 (scaled with ε), no early stop."""
+        return attacks.AttackConfig(name="pgd", epsilon=self.epsilon, steps=self.eval_attack_steps,
+                                    step_size=self.epsilon / 4)
+
+
+def load_data(config):
+    return data.load_splits(
+        config.dataset, config.data_dir or None,
+        validation_examples=None if config.validation_examples < 0 else config.validation_examples,
+        train_examples=config.train_examples or None, test_examples=config.test_examples or None,
+        seed=config.seed)
+
+
+def build_network(config, num_classes, image_shape):
+    """The searched network: masked at `remaining_ratio`, or dense (ratio 1) for `dense_at` / `natural`."""
+    dense_modes = ("dense_at", "natural")
+    network = networks.build(
+        config.network, num_classes=num_classes, input_shape=image_shape, dataset=config.dataset,
+        remaining_ratio=1.0 if config.mode in dense_modes else config.remaining_ratio,
+        sparsity=config.sparsity, weight_init=config.weight_init, seed=config.seed,
+        scale_fan=config.scale_fan, width_multiplier=config.width_multiplier,
+        dense_first_conv=config.dense_first_conv, dense_classifier=config.dense_classifier)
+    search.configure_mode(network, config.mode)
+    return network
+
+
+def learning_rate_schedule(config, steps_per_epoch):
+    """Piecewise constant: x0.1 at each fraction of the run in `lr_drops` (paper: 50% and 75%)."""
+    total_steps = steps_per_epoch * config.epochs
+    boundaries = [int(round(fraction * total_steps)) for fraction in config.lr_drops]
+    values = [config.learning_rate * 0.1 ** i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+class _Run:
+    """State of one run while it executes."""
+
+    def __init__(self, config, output_dir, progress):
+        self.config = config
+        self.output_dir = output_dir
+        self.progress = progress
+        self.strategy = distribute.make_strategy(config.strategy)
+        self.writes = distribute.is_chief(self.strategy)
+        self.splits = load_data(config)
+        global_batch = config.batch_size
+        self.steps_per_epoch = self.splits.num_train // global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size {global_batch} is larger than the {self.splits.num_train} training examples")
+        with self.strategy.scope():
+            self.network = build_network(config, self.splits.num_classes, self.splits.image_shape)
+            self.model = search.SearchModel(self.network, config.attack_config(), config.weight_decay,
+                                            config.attack_bn_training, config.seed)
+            self.optimizer = keras.optimizers.SGD(learning_rate_schedule(config, self.steps_per_epoch),
+                                                  momentum=config.momentum)
+            self.model.compile(optimizer=self.optimizer, jit_compile=config.jit_compile)
+            self.model(tf.zeros((1,) + tuple(self.splits.image_shape)))  # builds the wrapper's state
+            self.optimizer.build(self.model.trainable_variables)
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_accuracy")
+        self.checkpoint = tf.train.Checkpoint(network=self.network, optimizer=self.optimizer, epoch=self.epoch,
+                                              best_accuracy=self.best_accuracy)
+        checkpoint_dir = os.path.join(output_dir, "checkpoints")
+        if not self.writes:  # other workers save to a scratch place, as MultiWorkerMirroredStrategy requires
+            checkpoint_dir = os.path.join(output_dir, f".worker_{self.strategy.cluster_resolver.task_id}")
+        self.last = tf.train.CheckpointManager(self.checkpoint, os.path.join(checkpoint_dir, "last"), 1)
+        self.best = tf.train.CheckpointManager(self.checkpoint, os.path.join(checkpoint_dir, "best"), 1)
+        self.history = []
+        self._distributed_step = None
+        self.natural_accuracy = evaluate.AttackedAccuracy(self.network, attacks.AttackConfig(name="none"))
+        self.robust_accuracy = evaluate.AttackedAccuracy(self.network, config.eval_attack_config(), config.seed)
+
+    def restore(self):
+        if self.last.latest_checkpoint:
+            self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
+            self.history = _read_json(os.path.join(self.output_dir, "metrics.json")).get("epochs", [])
+            self.history = [row for row in self.history if row["epoch"] < int(self.epoch.numpy())]
+
+    def train_epoch(self, epoch):
+        batches = data.train_batches(self.splits.train, dataset=self.config.dataset,
+                                     batch_size=self.config.batch_size, epoch=epoch, seed=self.config.seed)
+        if distribute.fit_can_drive(self.strategy):
+            history = self.model.fit(batches, epochs=epoch + 1, initial_epoch=epoch,
+                                     verbose=1 if self.progress else 0)
+            return {name: float(values[-1]) for name, values in history.history.items()}
+        return self._train_epoch_with_loop(batches)
+
+    def _train_epoch_with_loop(self, batches):
+        """The same step under `strategy.run`, for strategies Keras's `fit` cannot drive."""
+        if self._distributed_step is None:
+            self._distributed_step = tf.function(
+                lambda images, labels: self.model.distributed_step(self.strategy, images, labels))
+        for metric in self.model.metrics:
+            metric.reset_state()
+        bar = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if self.progress and self.writes else 0)
+        for step, (images, labels) in enumerate(self.strategy.experimental_distribute_dataset(batches), 1):
+            self._distributed_step(images, labels)
+            bar.update(step, [(m.name, float(m.result())) for m in self.model.metrics])
+        return {metric.name: float(metric.result()) for metric in self.model.metrics}
+
+    def validate(self):
+        """Natural and PGD-20 accuracy on the held-out validation split."""
+        batches = data.eval_batches(self.splits.validation, self.config.batch_size)
+        return {"val_natural_accuracy": self.natural_accuracy(batches),
+                "val_pgd20_accuracy": self.robust_accuracy(batches)}
+
+    def test_report(self, checkpoint_path):
+        """Natural and PGD-20 test accuracy of the weights in `checkpoint_path`."""
+        self.checkpoint.restore(checkpoint_path).expect_partial()
+        batches = data.eval_batches(self.splits.test, self.config.batch_size)
+        return {"test_natural_accuracy": self.natural_accuracy(batches),
+                "test_pgd20_accuracy": self.robust_accuracy(batches), "epoch": int(self.epoch.numpy())}
+
+
+def run(config, output_dir, resume=False, progress=True, log=print):
+    """Search (or train) as `config` says, writing checkpoints, TensorBoard logs and metrics.json to `output_dir`.
+
+    Returns the final metrics. Raises ValueError (nothing written) for a bad config, a missing data set, or an
+    `output_dir` that already holds a run when `resume` is False.
+    """
+    config.validate()
+    if not resume and os.path.isdir(os.path.join(output_dir, "checkpoints")):
+        raise ValueError(f"output_dir {output_dir} already holds a run: pass resume or choose another directory")
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    state = _Run(config, output_dir, progress)  # loads data and builds everything before writing anything
+    if state.writes:
+        os.makedirs(output_dir, exist_ok=True)
+        _write_json(os.path.join(output_dir, "config.json"), dataclasses.asdict(config))
+    if resume:
+        state.restore()
+    start = int(state.epoch.numpy())
+    if start:
+        log(f"resuming after epoch {start} of {config.epochs}")
+    summaries = tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")) if state.writes else None
+    masked_count = sum(layer.kernel.shape.num_elements() for layer in layers.masked_layers(state.network))
+    for epoch in range(start, config.epochs):
+        log(f"epoch {epoch + 1}/{config.epochs}")
+        began = time.time()
+        row = {"epoch": epoch + 1, **state.train_epoch(epoch)}
+        row["seconds"] = time.time() - began
+        row["learning_rate"] = float(state.optimizer.learning_rate)
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+            row.update(state.validate())
+            log("  " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_")))
+        state.epoch.assign(epoch + 1)
+        if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
+            state.best_accuracy.assign(row["val_pgd20_accuracy"])
+            state.best.save(checkpoint_number=epoch + 1)
+        state.last.save(checkpoint_number=epoch + 1)
+        state.history.append(row)
+        if state.writes:
+            with summaries.as_default(step=epoch + 1):
+                for name, value in row.items():
+                    if name != "epoch" and isinstance(value, float) and math.isfinite(value):
+                        tf.summary.scalar(name, value)
+            _write_json(os.path.join(output_dir, "metrics.json"), {"epochs": state.history})
+    final = {"weights": masked_count, "steps_per_epoch": state.steps_per_epoch,
+             "num_train": state.splits.num_train, "num_validation": state.splits.num_validation,
+             "num_test": state.splits.num_test,
+             "best": state.test_report(state.best.latest_checkpoint or state.last.latest_checkpoint),
+             "last": state.test_report(state.last.latest_checkpoint)}
+    if state.writes:
+        _write_json(os.path.join(output_dir, "metrics.json"), {"epochs": state.history, "final": final})
+    return {"epochs": state.history, "final": final}
+
+
+def _write_json(path, value):
+    """Write atomically: a reader never sees half a file."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(value, handle, indent=2, default=_json_default)
+    os.replace(temporary, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {}
