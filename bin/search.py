@@ -45,6 +45,7 @@ flags.DEFINE_integer("validation_examples", -1, "Training images held out for mo
 flags.DEFINE_integer("train_examples", 0, "Use only this many training images (0: all).")
 flags.DEFINE_integer("test_examples", 0, "Report on only this many test images (0: all).")
 flags.DEFINE_integer("eval_every", 1, "Validate (natural + PGD-20) every this many epochs.")
+flags.DEFINE_integer("eval_attack_steps", 20, "PGD steps of the validation and test attack (step ε/4).")
 flags.DEFINE_integer("seed", 0, "Seeds the weights, scores, data order, augmentation and attacks.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
@@ -57,7 +58,7 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _CONFIG_FLAGS = ("dataset", "data_dir", "network", "width_multiplier", "remaining_ratio", "sparsity", "weight_init",
                  "scale_fan", "dense_first_conv", "dense_classifier", "mode", "attack", "epsilon", "attack_steps",
                  "attack_step_size", "attack_bn_training", "epochs", "batch_size", "learning_rate", "weight_decay",
-                 "validation_examples", "train_examples", "test_examples", "eval_every", "seed", "strategy",
+                 "validation_examples", "train_examples", "test_examples", "eval_every", "eval_attack_steps", "seed", "strategy",
                  "jit_compile", "mixed_precision", "deterministic")
 
 

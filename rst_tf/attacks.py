@@ -119,7 +119,7 @@ def fgsm_rs_config(epsilon) -> AttackConfig:
     )
 
 
-def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=None) -> tf.Tensor:
+def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=None, unroll=False) -> tf.Tensor:
     """Adversarial versions of ``images`` under ``config``.
 
     Call it outside the training ``GradientTape``: the result carries no
@@ -139,6 +139,9 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
       noise_rows: optional `(first_row, global_batch_size)`: draw the random start for the whole global batch and
         use rows `first_row : first_row + batch`, so a batch split over replicas starts from the same noise as on
         one device.
+      unroll: write the PGD iterations out instead of a ``tf.while_loop``; needed when ``model_fn`` holds a
+        cross-replica synchronisation point (synchronised BatchNorm in training mode under ``tf.distribute``),
+        which TensorFlow does not allow inside a loop. Restarts still loop.
 
     Returns:
       Tensor like ``images``, inside the epsilon-ball (L-inf, or L2 for
@@ -165,7 +168,7 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         adv = _fgsm_step(model_fn, images, start, labels, step, config.epsilon, np.inf, config)
     else:
         norm = np.inf if config.name == "pgd" else 2
-        adv = _pgd_with_restarts(model_fn, images, labels, config, seed, norm, noise_rows)
+        adv = _pgd_with_restarts(model_fn, images, labels, config, seed, norm, noise_rows, unroll)
     return tf.stop_gradient(adv)
 
 
@@ -243,7 +246,7 @@ def _random_start(images, seed, epsilon, norm, config, noise_rows=None):
     return _project(images, images + noise, epsilon, norm, config)
 
 
-def _pgd(model_fn, images, labels, config, seed, norm, noise_rows=None):
+def _pgd(model_fn, images, labels, config, seed, norm, noise_rows=None, unroll=False):
     """One PGD run (Madry et al. 2018) in a ``tf.while_loop``."""
     if config.random_start:
         start = _random_start(images, seed, config.epsilon, norm, config, noise_rows)
@@ -253,6 +256,12 @@ def _pgd(model_fn, images, labels, config, seed, norm, noise_rows=None):
     def body(step, adv):
         adv = _fgsm_step(model_fn, images, adv, labels, config.step_size, config.epsilon, norm, config)
         return step + 1, tf.stop_gradient(adv)
+
+    if unroll:
+        adv = start
+        for step in range(config.steps):
+            _, adv = body(step, adv)
+        return adv
 
     _, adv = tf.while_loop(
         lambda step, adv: step < config.steps,
@@ -269,13 +278,13 @@ def _restart_seed(seed, restart):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(restart, seed.dtype), alg=RNG_ALG)
 
 
-def _pgd_with_restarts(model_fn, images, labels, config, seed, norm, noise_rows=None):
+def _pgd_with_restarts(model_fn, images, labels, config, seed, norm, noise_rows=None, unroll=False):
     """PGD from ``restarts`` starts; per example, keep a misclassified result
     if any, else the one of highest loss. Restart r uses the seed
     ``stateless_fold_in(seed, r)``, so restart 0 is the same for any count."""
     if config.restarts == 1 or not config.random_start:
         # Without a random start every restart would give the same result.
-        return _pgd(model_fn, images, labels, config, _restart_seed(seed, 0), norm, noise_rows)
+        return _pgd(model_fn, images, labels, config, _restart_seed(seed, 0), norm, noise_rows, unroll)
 
     batch = tf.shape(images)[0]
     expand = [-1] + [1] * (images.shape.rank - 1)

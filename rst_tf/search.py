@@ -61,7 +61,7 @@ class SearchModel(keras.Model):
         return [self.loss_tracker, self.accuracy_tracker]
 
     def train_step(self, data):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.replica_step(images, labels)
 
     def replica_step(self, images, labels):
@@ -70,7 +70,7 @@ class SearchModel(keras.Model):
         masks = layers.current_masks(self.network)
         with masking.supplied_masks(masks):
             adversarial = attacks.generate(self._attack_logits, images, labels, self.attack, self._attack_seed(),
-                                           self._noise_rows(images))
+                                           self._noise_rows(images), unroll=self._attack_syncs_replicas())
             with tf.GradientTape() as tape:
                 logits = self.network(adversarial, training=True)
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -92,6 +92,10 @@ class SearchModel(keras.Model):
         """A stateless seed per (seed, step): a resumed run draws exactly what an uninterrupted one draws."""
         step = tf.cast(tf.convert_to_tensor(self.optimizer.iterations), tf.int64)
         return tf.stack([tf.constant(self.seed, tf.int64), step])
+
+    def _attack_syncs_replicas(self):
+        """BatchNorm in training mode synchronises replicas, which TensorFlow allows only outside loops."""
+        return self.attack_bn_training and tf.distribute.get_strategy().num_replicas_in_sync > 1
 
     @staticmethod
     def _noise_rows(images):

@@ -230,18 +230,18 @@ def run(config, output_dir, resume=False, progress=True, log=print):
         if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             row.update(state.validate())
             log("  " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_")))
-        state.epoch.assign(epoch + 1)
-        if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
-            state.best_accuracy.assign(row["val_pgd20_accuracy"])
-            state.best.save(checkpoint_number=epoch + 1)
-        state.last.save(checkpoint_number=epoch + 1)
         state.history.append(row)
-        if state.writes:
+        if state.writes:  # metrics first: a resumed run drops rows past its last checkpoint
             with summaries.as_default(step=epoch + 1):
                 for name, value in row.items():
                     if name != "epoch" and isinstance(value, float) and math.isfinite(value):
                         tf.summary.scalar(name, value)
             _write_json(os.path.join(output_dir, "metrics.json"), {"epochs": state.history})
+        state.epoch.assign(epoch + 1)
+        if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
+            state.best_accuracy.assign(row["val_pgd20_accuracy"])
+            state.best.save(checkpoint_number=epoch + 1)
+        state.last.save(checkpoint_number=epoch + 1)
     final = {"weights": masked_count, "steps_per_epoch": state.steps_per_epoch,
              "num_train": state.splits.num_train, "num_validation": state.splits.num_validation,
              "num_test": state.splits.num_test,

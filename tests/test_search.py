@@ -130,15 +130,28 @@ def run_script(*args, env=None):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def relative_update_differences(first, second):
+    keys = [key for key in first.files if key.startswith("update_")]
+    assert keys
+    return [np.linalg.norm(first[key] - second[key]) / np.linalg.norm(first[key]) for key in keys]
+
+
 def test_mirrored_strategy_on_two_cpus_matches_one_device(tmp_path):
-    run_script("default", str(tmp_path / "default.npz"))
-    run_script("mirrored", str(tmp_path / "mirrored.npz"), "--logical_cpus", "2")
+    """One PGD search step on one device and split over two: same loss, same score update (up to float sums)."""
+    run_script("default", str(tmp_path / "default.npz"), "--attack_bn_training", "0")
+    run_script("mirrored", str(tmp_path / "mirrored.npz"), "--logical_cpus", "2", "--attack_bn_training", "0")
     single, mirrored = np.load(tmp_path / "default.npz"), np.load(tmp_path / "mirrored.npz")
     assert int(mirrored["replicas"]) == 2
     assert float(mirrored["loss"]) == pytest.approx(float(single["loss"]), rel=1e-4)
-    for key in single.files:
-        if key.startswith("scores_"):
-            np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
+    assert max(relative_update_differences(single, mirrored)) < 0.05
+
+
+def test_mirrored_strategy_with_batch_norm_training_attack_runs(tmp_path):
+    """The paper's default (BatchNorm in training mode while attacking) under two replicas: same loss to 1%."""
+    run_script("default", str(tmp_path / "default.npz"))
+    run_script("mirrored", str(tmp_path / "mirrored.npz"), "--logical_cpus", "2")
+    single, mirrored = np.load(tmp_path / "default.npz"), np.load(tmp_path / "mirrored.npz")
+    assert float(mirrored["loss"]) == pytest.approx(float(single["loss"]), rel=1e-2)
 
 
 def free_port():
@@ -148,22 +161,22 @@ def free_port():
 
 
 def test_multi_worker_strategy_with_two_local_workers(tmp_path):
+    """Two worker processes on 127.0.0.1 run the step with strategy.run and agree with one device."""
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        output = str(tmp_path / f"worker{index}.npz")
-        command = [sys.executable, os.path.join(ROOT, "tests", "distributed_search.py"), "multi_worker", output]
+        command = [sys.executable, os.path.join(ROOT, "tests", "distributed_search.py"), "multi_worker",
+                   str(tmp_path / f"worker{index}.npz"), "--attack_bn_training", "0"]
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True))
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
     chief = np.load(tmp_path / "worker0.npz")
-    assert int(chief["replicas"]) == 2 and np.isfinite(float(chief["loss"]))
-    run_script("default", str(tmp_path / "default.npz"))
+    assert int(chief["replicas"]) == 2
+    run_script("default", str(tmp_path / "default.npz"), "--attack_bn_training", "0")
     single = np.load(tmp_path / "default.npz")
-    for key in single.files:
-        if key.startswith("scores_"):
-            np.testing.assert_allclose(chief[key], single[key], rtol=1e-4, atol=1e-6)
+    assert float(chief["loss"]) == pytest.approx(float(single["loss"]), rel=1e-4)
+    assert max(relative_update_differences(single, chief)) < 0.05
