@@ -62,12 +62,17 @@ _CONFIG_FLAGS = ("dataset", "data_dir", "network", "width_multiplier", "remainin
                  "jit_compile", "mixed_precision", "deterministic")
 
 
+def config_from_flags():
+    from rst_tf import trainer
+    return trainer.SearchConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+
+
 def main(argv):
     common.reject_extra_arguments(argv)
     common.require_flags("output_dir")
     from rst_tf import trainer
 
-    config = trainer.SearchConfig(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
+    config = config_from_flags()
     with common.clear_errors():
         result = trainer.run(config, FLAGS.output_dir, resume=FLAGS.resume, progress=FLAGS.progress)
         common.write_flags(FLAGS.output_dir)

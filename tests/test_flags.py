@@ -1,0 +1,41 @@
+"""Every flagfile in flags/ parses and describes a valid run."""
+import glob
+import os
+
+import pytest
+
+from bin import search as search_app
+from rst_tf import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_gives_a_valid_config(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # flagfiles include each other by paths relative to the repository root
+    flags = search_app.FLAGS
+    flags.unparse_flags()
+    flags(["search", f"--flagfile={os.path.relpath(path, ROOT)}", "--output_dir=unused"])
+    try:
+        config = search_app.config_from_flags()
+        config.validate()
+        if "quick" in path:
+            assert config.width_multiplier <= 0.25 and config.epochs <= 10
+        else:
+            assert config.width_multiplier == 1.0 and config.epochs >= 90
+    finally:
+        flags.unparse_flags()
+
+
+def test_quick_baseline_matches_the_quick_search_but_for_the_mode(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    configs = {}
+    for name in ("cifar10_quick.cfg", "cifar10_quick_dense_at.cfg"):
+        search_app.FLAGS.unparse_flags()
+        search_app.FLAGS(["search", f"--flagfile=flags/{name}", "--output_dir=unused"])
+        configs[name] = search_app.config_from_flags()
+    search_app.FLAGS.unparse_flags()
+    rst, dense = configs["cifar10_quick.cfg"], configs["cifar10_quick_dense_at.cfg"]
+    assert rst.mode == "rst" and dense.mode == "dense_at"
+    assert trainer.dataclasses.replace(dense, mode="rst") == rst
