@@ -196,7 +196,11 @@ class _Run:
                 "test_pgd20_accuracy": self.robust_accuracy(batches), "epoch": int(self.epoch.numpy())}
 
 
-def run(config, output_dir, resume=False, progress=True, log=print):
+def _log(message):
+    print(message, flush=True)
+
+
+def run(config, output_dir, resume=False, progress=True, log=_log):
     """Search (or train) as `config` says, writing checkpoints, TensorBoard logs and metrics.json to `output_dir`.
 
     Returns the final metrics. Raises ValueError (nothing written) for a bad config, a missing data set, or an

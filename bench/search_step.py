@@ -1,0 +1,79 @@
+"""Seconds per training step: RST PGD-7 search vs dense PGD-7 adversarial training, same network and batch.
+
+    python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla]
+
+Both use `SearchModel.replica_step` (one code path) inside tf.function, interleaved on the same batch. Reports
+medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak. Results: docs/search_step.json.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench import common  # noqa: E402
+from rst_tf import attacks, networks, search  # noqa: E402
+
+
+def forward_flops(model, batch):
+    """FLOPs of one forward pass (2 per multiply-add), from TensorFlow's graph profiler."""
+    from tensorflow.python.profiler import model_analyzer, option_builder
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([batch, 32, 32, 3], tf.float32))
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return model_analyzer.profile(concrete.graph, options=options).total_float_ops
+
+
+def make_step(mode, width, steps, xla):
+    network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
+                             remaining_ratio=1.0 if mode == "dense_at" else 0.05, width_multiplier=width, seed=0)
+    search.configure_mode(network, mode)
+    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=2 / 255))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=xla)
+    model.optimizer.build(model.trainable_variables)
+    return model, tf.function(model.replica_step, jit_compile=xla)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--xla", action="store_true", help="also time both with jit_compile=True")
+    args = parser.parse_args()
+    images = tf.random.stateless_uniform([args.batch, 32, 32, 3], seed=[0, 0])
+    labels = tf.random.stateless_uniform([args.batch], seed=[0, 1], maxval=10, dtype=tf.int32)
+    variants = [("rst", False), ("dense_at", False)] + ([("rst", True), ("dense_at", True)] if args.xla else [])
+    functions, flops = {}, None
+    for mode, xla in variants:
+        model, step = make_step(mode, args.width, args.steps, xla)
+        if flops is None:
+            flops = forward_flops(model.network, args.batch)
+        functions[f"{mode}{'_xla' if xla else ''}"] = (lambda s: lambda: float(s(images, labels)["loss"]))(step)
+    medians, samples = common.interleaved_medians(functions, args.repeats)
+    # A PGD-k step is k+1 forward and backward passes (backward ~ 2x forward) plus the update.
+    step_flops = 3 * flops * (args.steps + 1)
+    results = {
+        "what": f"ResNet18 PGD-{args.steps} training step: RST search vs dense adversarial training",
+        "width_multiplier": args.width, "batch": args.batch, "attack_steps": args.steps, "repeats": args.repeats,
+        "median_seconds": medians, "samples": samples,
+        "rst_over_dense_at": medians["rst"] / medians["dense_at"],
+        "step_gflop": step_flops / 1e9,
+        "floor_seconds_at_peak": step_flops / 1e9 / common.CPU_PEAK_GFLOPS,
+        "fraction_of_peak": {name: step_flops / 1e9 / seconds / common.CPU_PEAK_GFLOPS
+                             for name, seconds in medians.items()},
+        "machine": common.machine(),
+    }
+    print(common.write_results("search_step", results))
+    for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "floor_seconds_at_peak", "fraction_of_peak"):
+        print(key, results[key])
+
+
+if __name__ == "__main__":
+    main()
