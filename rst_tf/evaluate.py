@@ -19,7 +19,10 @@ class AttackedAccuracy:
         self.attack = attack
         self.seed = int(seed)
         self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
-        self._batch = tf.function(self._correct_in_batch, reduce_retracing=True)
+        if attack.name in attacks.EAGER_ONLY_ATTACKS:  # wrappers around libraries that run eagerly only
+            self._batch = self._correct_in_batch
+        else:
+            self._batch = tf.function(self._correct_in_batch, reduce_retracing=True)
 
     def _correct_in_batch(self, images, labels, masks, seed):
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):

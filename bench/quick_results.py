@@ -1,0 +1,73 @@
+"""Summarise the CPU-scale quick search and its dense AT baseline into docs/results.md and docs/results.json.
+
+    python bin/search.py --flagfile=flags/cifar10_quick.cfg --output_dir=runs/quick_rst
+    python bin/search.py --flagfile=flags/cifar10_quick_dense_at.cfg --output_dir=runs/quick_dense_at
+    python bench/quick_results.py runs/quick_rst runs/quick_dense_at
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+
+def load(run_dir):
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        config = json.load(handle)
+    return config, metrics
+
+
+def main(rst_dir, dense_dir):
+    rows, summary = [], {}
+    for label, run_dir in (("RST (mask search, weights untrained)", rst_dir), ("dense PGD AT baseline", dense_dir)):
+        config, metrics = load(run_dir)
+        final = metrics["final"]
+        minutes = sum(row["seconds"] for row in metrics["epochs"]) / 60
+        summary[config["mode"]] = {"config": config, "final": final, "epochs": metrics["epochs"],
+                                   "train_minutes": minutes}
+        for which in ("best", "last"):
+            report = final[which]
+            rows.append(f"| {label} | {which} (epoch {report['epoch']}) | "
+                        f"{100 * report['test_natural_accuracy']:.2f} | {100 * report['test_pgd20_accuracy']:.2f} | "
+                        f"{minutes:.1f} |")
+    config = summary["rst"]["config"]
+    lines = [
+        "# Results",
+        "",
+        "## CPU-scale quick search (`flags/cifar10_quick.cfg`)",
+        "",
+        f"Data: CIFAR-10 (JPEG copy), {summary['rst']['final']['num_train']} training images, "
+        f"{summary['rst']['final']['num_validation']} held-out validation images for model selection, "
+        f"{summary['rst']['final']['num_test']} test images. Network: ResNet18 at width "
+        f"{config['width_multiplier']}, remaining ratio {config['remaining_ratio']} for the RST "
+        f"({summary['rst']['final']['weights']:,} weights before masking). Search: PGD-{config['attack_steps']} "
+        f"ε {config['epsilon'] * 255:.0f}/255, {config['epochs']} epochs, batch {config['batch_size']}, seed "
+        f"{config['seed']}; the baseline trains all weights with the same attack, data and schedule. Test attack: "
+        f"PGD-{config['eval_attack_steps']} ε {config['epsilon'] * 255:.0f}/255, step ε/4, random start. "
+        "2 CPU cores.",
+        "",
+        "| model | checkpoint | natural acc (%) | PGD-20 acc (%) | training minutes |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Commands:",
+        "",
+        "```sh",
+        *__doc__.strip().splitlines()[2:],
+        "```",
+        "",
+        "Per-epoch figures are in docs/results.json.",
+    ]
+    os.makedirs(common.DOCS, exist_ok=True)
+    with open(os.path.join(common.DOCS, "results.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    common.write_results("results", summary)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,272 @@
+"""Stronger evaluation attacks (cw_inf, cw_l2, bandits, autoattack) against a
+small Keras model trained here on synthetic 8x8x3 images."""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rst_tf import attacks
+from rst_tf.attacks import AttackConfig
+
+NUM_CLASSES = 4
+IMAGE_SHAPE = (8, 8, 3)
+EPSILON = 12 / 255
+L2_EPSILON = 0.5
+SEED = (1, 2)
+# The slower attacks (cw_l2, autoattack, bandits) run on the first examples only.
+FEW = 48
+FEW_CW = 16
+
+
+def _make_images(count, rng, templates, noise):
+    labels = rng.integers(0, len(templates), count)
+    images = templates[labels] + rng.normal(0.0, noise, (count,) + IMAGE_SHAPE)
+    return np.clip(images, 0.0, 1.0).astype("float32"), labels.astype("int32")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(model, test_images, test_labels): a conv net with batch norm trained to
+    ~100% clean test accuracy on class templates plus Gaussian noise."""
+    rng = np.random.default_rng(0)
+    templates = 0.5 + 0.06 * rng.standard_normal((NUM_CLASSES,) + IMAGE_SHAPE)
+    train_images, train_labels = _make_images(1024, rng, templates, 0.1)
+    test_images, test_labels = _make_images(128, rng, templates, 0.1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE),
+            keras.layers.Rescaling(2.0, offset=-1.0),
+            keras.layers.Conv2D(8, 3),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(NUM_CLASSES),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
+    model.fit(train_images, train_labels, epochs=3, batch_size=128, verbose=0)
+    assert _accuracy(_logits_fn(model), test_images, test_labels) >= 0.97
+    return model, test_images, test_labels
+
+
+def _logits_fn(model):
+    return lambda images: model(images, training=False)
+
+
+def _accuracy(logits_fn, images, labels):
+    predictions = np.argmax(np.asarray(logits_fn(images)), axis=-1)
+    return float(np.mean(predictions == labels))
+
+
+def _config(name):
+    if name == "cw_inf":
+        return AttackConfig(name="cw_inf", epsilon=EPSILON, steps=10, step_size=EPSILON / 4)
+    if name == "cw_l2":
+        return attacks.cw_l2_config(L2_EPSILON, steps=40, binary_search_steps=3, learning_rate=0.05, initial_const=1.0)
+    if name == "bandits":
+        # tile_size 1 (time prior only): the synthetic images have no spatial
+        # structure for the tiling prior to exploit.
+        return attacks.bandits_config(EPSILON, max_queries=400, tile_size=1)
+    if name == "autoattack":
+        return dataclasses.replace(attacks.autoattack_config(EPSILON), steps=10, max_queries=100)
+    raise AssertionError(name)
+
+
+def _generate(logits_fn, images, labels, config, seed=SEED):
+    seed = tf.constant(seed, tf.int64)
+    if config.name == "bandits":
+        # Traced for speed: eager loop iterations are slow.
+        traced = tf.function(lambda x, y, s: attacks.generate(logits_fn, x, y, config, s), autograph=False)
+        return traced(images, labels, seed).numpy()
+    return attacks.generate(logits_fn, images, labels, config, seed).numpy()
+
+
+def _assert_in_ball_and_box(adversarial, images, config):
+    assert adversarial.shape == images.shape and adversarial.dtype == np.float32
+    assert adversarial.min() >= config.clip_min and adversarial.max() <= config.clip_max
+    perturbation = (adversarial - images).reshape(len(images), -1)
+    if config.name == "cw_l2":
+        assert np.linalg.norm(perturbation, axis=1).max() <= config.epsilon * (1 + 1e-5)
+    else:
+        assert np.abs(perturbation).max() <= config.epsilon + 1e-6
+
+
+@pytest.mark.parametrize("name", ["cw_inf", "cw_l2", "bandits", "autoattack"])
+def test_attack_lowers_accuracy_and_stays_in_ball(trained, name):
+    model, images, labels = trained
+    few = FEW_CW if name == "cw_l2" else FEW
+    images, labels = images[:few], labels[:few]
+    config = _config(name)
+    logits_fn = _logits_fn(model)
+    adversarial = _generate(logits_fn, images, labels, config)
+    _assert_in_ball_and_box(adversarial, images, config)
+    assert _accuracy(logits_fn, adversarial, labels) <= _accuracy(logits_fn, images, labels) - 0.3
+
+
+def test_cw_inf_more_steps_is_not_weaker_and_traces(trained):
+    model, images, labels = trained
+    logits_fn = _logits_fn(model)
+    short = dataclasses.replace(_config("cw_inf"), steps=3)
+    accuracy = {
+        steps: _accuracy(
+            logits_fn, _generate(logits_fn, images, labels, dataclasses.replace(short, steps=steps)), labels
+        )
+        for steps in (3, 20)
+    }
+    assert accuracy[20] <= accuracy[3] + 0.02
+    assert accuracy[3] > 0.05, "epsilon too large for the comparison to mean anything"
+    traced = tf.function(lambda x, y, seed: attacks.generate(logits_fn, x, y, short, seed), autograph=False)
+    np.testing.assert_allclose(
+        traced(images, labels, tf.constant(SEED, tf.int64)).numpy(),
+        _generate(logits_fn, images, labels, short),
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+def test_cw_inf_ascends_the_margin_not_the_cross_entropy(trained):
+    model, images, labels = trained
+    logits_fn = _logits_fn(model)
+    config = dataclasses.replace(_config("cw_inf"), steps=3, random_start=False)
+    margin = dataclasses.replace(config, name="cw_inf")
+    cross_entropy = dataclasses.replace(config, name="pgd")
+    assert not np.array_equal(
+        _generate(logits_fn, images, labels, margin), _generate(logits_fn, images, labels, cross_entropy)
+    )
+
+
+def _forward_only(logits_fn):
+    """logits_fn whose backward pass raises: any gradient through it fails."""
+
+    @tf.custom_gradient
+    def no_backward(x):
+        def gradient(upstream):
+            raise AssertionError("a gradient was computed through the model")
+
+        return tf.identity(x), gradient
+
+    return lambda images: logits_fn(no_backward(images))
+
+
+def test_forward_only_model_does_detect_gradients(trained):
+    model, images, labels = trained
+    with pytest.raises(AssertionError, match="gradient was computed"):
+        config = dataclasses.replace(_config("cw_inf"), steps=1)
+        _generate(_forward_only(_logits_fn(model)), images[:4], labels[:4], config)
+
+
+def test_bandits_uses_no_gradient(trained):
+    model, images, labels = trained
+    images, labels = images[:FEW], labels[:FEW]
+    logits_fn = _forward_only(_logits_fn(model))
+    config = _config("bandits")
+    adversarial = _generate(logits_fn, images, labels, config)
+    np.testing.assert_array_equal(adversarial, _generate(_logits_fn(model), images, labels, config))
+    _assert_in_ball_and_box(adversarial, images, config)
+    assert _accuracy(logits_fn, adversarial, labels) <= _accuracy(logits_fn, images, labels) - 0.3
+    # Eagerly (a short budget: eager iterations are slow), same result as traced.
+    short = dataclasses.replace(config, max_queries=20)
+    eager = attacks.generate(logits_fn, images, labels, short, tf.constant(SEED, tf.int64)).numpy()
+    # Float rounding differs between eager and graph kernels and can flip the
+    # sign of a near-zero prior entry, so allow a few differing pixels.
+    assert np.mean(eager != _generate(logits_fn, images, labels, short)) < 1e-3
+
+
+def test_bandits_is_seeded_and_respects_the_query_budget(trained):
+    model, images, labels = trained
+    images, labels = images[:FEW], labels[:FEW]
+    logits_fn = _logits_fn(model)
+    config = dataclasses.replace(_config("bandits"), max_queries=40)
+    first = _generate(logits_fn, images, labels, config, seed=(7, 11))
+    np.testing.assert_array_equal(first, _generate(logits_fn, images, labels, config, seed=(7, 11)))
+    assert not np.array_equal(first, _generate(logits_fn, images, labels, config, seed=(7, 12)))
+    # Two queries per iteration: a budget of 3 allows one step of image_lr.
+    one_step = dataclasses.replace(config, max_queries=3)
+    moved = np.abs(_generate(logits_fn, images, labels, one_step) - images)
+    assert moved.max() <= config.image_lr + 1e-6 and moved.max() > 0
+
+
+def test_eager_only_attacks_refuse_to_be_traced(trained):
+    model, images, labels = trained
+    logits_fn = _logits_fn(model)
+    for name in attacks.EAGER_ONLY_ATTACKS:
+        traced = tf.function(lambda x, y: attacks.generate(logits_fn, x, y, _config(name), SEED))
+        with pytest.raises(RuntimeError, match="eagerly"):
+            traced(images[:4], labels[:4])
+
+
+def test_cw_l2_keeps_only_results_within_epsilon(trained):
+    model, images, labels = trained
+    images, labels = images[:4], labels[:4]
+    logits_fn = _logits_fn(model)
+    tiny = dataclasses.replace(_config("cw_l2"), epsilon=1e-3)
+    np.testing.assert_array_equal(_generate(logits_fn, images, labels, tiny), images)
+
+
+def test_autoattack_settings_describe_the_schedule():
+    settings = attacks.autoattack_settings(attacks.autoattack_config(8 / 255), num_classes=10)
+    assert settings["library"] == "adversarial-robustness-toolbox" and settings["library_version"] == "1.20.1"
+    assert [c["name"] for c in settings["components"]] == ["APGD-CE", "APGD-T", "Square"]
+    apgd_ce, apgd_t, square = settings["components"]
+    assert apgd_ce["max_iter"] == apgd_t["max_iter"] == 100 and apgd_t["target_classes"] == 9
+    assert square["max_iter"] == 5000 and square["p_init"] == 0.8
+    assert settings["standard_budgets"] and "FAB-T" in settings["omitted"]
+    assert not attacks.autoattack_settings(_config("autoattack"), 4)["standard_budgets"]
+
+
+def _gradient_masked(logits_fn):
+    """8-bit quantisation of the input with a zero gradient: the forward pass
+    is (almost) the model's, every input gradient is 0."""
+    return lambda images: logits_fn(images * 0.0 + tf.stop_gradient(tf.round(images * 255.0) / 255.0))
+
+
+def test_gradient_masking_defeats_pgd_but_not_black_box_attacks(trained):
+    model, images, labels = trained
+    images, labels = images[:FEW], labels[:FEW]
+    masked = _gradient_masked(_logits_fn(model))
+    clean = _accuracy(masked, images, labels)
+    assert clean >= 0.95
+    pgd = AttackConfig(name="pgd", epsilon=EPSILON, steps=10, step_size=EPSILON / 4)
+    assert _accuracy(masked, _generate(masked, images, labels, pgd), labels) >= clean - 0.1
+    # Quantisation blurs the finite differences, so bandits gets a larger budget here.
+    bandits = dataclasses.replace(_config("bandits"), max_queries=2000)
+    assert _accuracy(masked, _generate(masked, images, labels, bandits), labels) <= clean - 0.3
+
+
+@pytest.mark.parametrize(
+    "field, value, name",
+    [
+        ("max_queries", 1, "bandits"),
+        ("tile_size", 0, "bandits"),
+        ("fd_eta", 0.0, "bandits"),
+        ("online_lr", -1.0, "bandits"),
+        ("image_lr", float("nan"), "bandits"),
+        ("exploration", 0.0, "bandits"),
+        ("binary_search_steps", 0, "cw_l2"),
+        ("initial_const", 0.0, "cw_l2"),
+        ("confidence", -1.0, "cw_l2"),
+        ("steps", 0, "cw_l2"),
+        ("steps", 0, "autoattack"),
+        ("max_queries", 0, "autoattack"),
+        ("step_size", 0.0, "cw_inf"),
+    ],
+)
+def test_validate_names_the_bad_field(field, value, name):
+    config = dataclasses.replace(AttackConfig(name=name), **{field: value})
+    with pytest.raises(ValueError, match=rf"AttackConfig\.{field}\b"):
+        config.validate()
+
+
+def test_new_fields_keep_old_configs_and_noise_flags():
+    assert AttackConfig(name="bandits").uses_noise
+    assert AttackConfig(name="cw_inf").uses_noise and not AttackConfig(name="cw_inf", random_start=False).uses_noise
+    assert not AttackConfig(name="cw_l2").uses_noise and not AttackConfig(name="autoattack").uses_noise
+    for config in (attacks.cw_l2_config(0.5), attacks.bandits_config(), attacks.autoattack_config()):
+        config.validate()
