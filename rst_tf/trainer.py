@@ -154,6 +154,10 @@ class _Run:
         self.natural_accuracy = evaluate.AttackedAccuracy(self.network, attacks.AttackConfig(name="none"))
         self.robust_accuracy = evaluate.AttackedAccuracy(self.network, config.eval_attack_config(), config.seed)
 
+    def data_summary(self):
+        return {"num_classes": self.splits.num_classes, "image_shape": list(self.splits.image_shape),
+                "class_names": list(self.splits.class_names)}
+
     def restore(self):
         if self.last.latest_checkpoint:
             self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
@@ -240,7 +244,8 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
                 for name, value in row.items():
                     if name != "epoch" and isinstance(value, float) and math.isfinite(value):
                         tf.summary.scalar(name, value)
-            _write_json(os.path.join(output_dir, "metrics.json"), {"epochs": state.history})
+            _write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
+                                                                    "epochs": state.history})
         state.epoch.assign(epoch + 1)
         if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
             state.best_accuracy.assign(row["val_pgd20_accuracy"])
@@ -252,8 +257,42 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
              "best": state.test_report(state.best.latest_checkpoint or state.last.latest_checkpoint),
              "last": state.test_report(state.last.latest_checkpoint)}
     if state.writes:
-        _write_json(os.path.join(output_dir, "metrics.json"), {"epochs": state.history, "final": final})
+        _write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
+                                                                "epochs": state.history, "final": final})
     return {"epochs": state.history, "final": final}
+
+
+def load_run(run_dir, checkpoint="best"):
+    """The network of a finished (or running) search in `run_dir`, with its `best` or `last` checkpoint restored.
+
+    Returns (network, config). Raises ValueError naming the folder if it holds no run or no such checkpoint.
+    """
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{run_dir} holds no search run (no config.json)")
+    values = _read_json(config_path)
+    values["lr_drops"] = tuple(values.get("lr_drops", (0.5, 0.75)))
+    config = SearchConfig(**values)
+    path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints", checkpoint))
+    if checkpoint == "best" and path is None:
+        path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints", "last"))
+    if path is None:
+        raise ValueError(f"{run_dir} has no {checkpoint} checkpoint")
+    num_classes, image_shape = _data_shape(config, run_dir)
+    network = build_network(config, num_classes, image_shape)
+    tf.train.Checkpoint(network=network).restore(path).expect_partial()
+    return network, config
+
+
+def _data_shape(config, run_dir):
+    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    shape = metrics.get("data", {})
+    if shape:
+        return shape["num_classes"], tuple(shape["image_shape"])
+    splits = load_data(config)
+    return splits.num_classes, tuple(splits.image_shape)
 
 
 def _write_json(path, value):

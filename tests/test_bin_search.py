@@ -83,3 +83,18 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, cifar10_path):
     (tmp_path / "out" / "checkpoints").mkdir(parents=True)
     result = search(*TINY, f"--output_dir={tmp_path / 'out'}", cifar10_path=cifar10_path)
     assert result.returncode != 0 and "already holds a run" in result.stderr
+
+
+def test_load_run_restores_the_searched_network(tmp_path, cifar10_path):
+    from rst_tf import trainer
+    output_dir = tmp_path / "run"
+    result = search(*TINY, "--epochs=1", f"--output_dir={output_dir}", cifar10_path=cifar10_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    network, config = trainer.load_run(str(output_dir), "last")
+    saved = checkpoint_tensors(str(output_dir / "checkpoints" / "last"))
+    scores = [name for name in saved if name.startswith("network/") and name.endswith("VARIABLE_VALUE")]
+    restored = {v.numpy().tobytes() for v in network.weights}
+    assert scores and all(saved[name].tobytes() in restored for name in scores)
+    assert config.remaining_ratio == 0.2 and config.width_multiplier == 0.0625
+    with pytest.raises(ValueError, match="no search run"):
+        trainer.load_run(str(tmp_path))
