@@ -1,0 +1,116 @@
+"""Figures of a robustness evaluation, written as PNG files (matplotlib, Agg backend).
+
+Every function writes `path` (atomically: a temporary file, then a rename) and returns the matplotlib Figure, so
+callers can check what was drawn. Line labels name the data they hold.
+"""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(figure, path):
+    temporary = f"{path}.tmp.png"
+    figure.savefig(temporary, dpi=120, bbox_inches="tight")
+    os.replace(temporary, path)
+    plt.close(figure)
+    return figure
+
+
+def accuracy_vs_epsilon(attack_results, path, natural_accuracy=None, title=None):
+    """Accuracy against epsilon, one line per attack name (with its settings) and norm.
+
+    `attack_results`: the `attacks` entries of `robustness.evaluate_attacks` (name, label, norm, epsilon, accuracy).
+    L-inf budgets are drawn in /255 units on the left axes, L2 budgets on the right axes (when present). Line
+    `i` of an axes has the label `"<attack> (<norm>)"`, its x data are the sorted epsilons and its y data the
+    accuracies. Natural accuracy is a dashed horizontal line labelled "natural".
+    """
+    norms = [norm for norm in ("Linf", "L2") if any(r["norm"] == norm for r in attack_results)] or ["Linf"]
+    figure, axes = plt.subplots(1, len(norms), figsize=(5.5 * len(norms), 4), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        series = {}
+        for result in attack_results:
+            if result["norm"] == norm:
+                series.setdefault(_series_name(result), []).append((result["epsilon"], result["accuracy"]))
+        for name, points in series.items():
+            points.sort()
+            scale = 255.0 if norm == "Linf" else 1.0
+            ax.plot([e * scale for e, _ in points], [a for _, a in points], marker="o", label=f"{name} ({norm})")
+        if natural_accuracy is not None:
+            ax.axhline(natural_accuracy, linestyle="--", color="gray", label="natural")
+        ax.set_xlabel("epsilon (x/255, L-inf)" if norm == "Linf" else "epsilon (L2)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _series_name(result):
+    """The attack label without its budget: 'pgd-20 Linf 8/255' -> 'pgd-20'."""
+    return result["label"].rsplit(" ", 2)[0]
+
+
+def transfer_heatmap(transfer, path, title=None):
+    """Heatmap of a `robustness.transfer_matrix` result: rows are source models, columns target models, every cell
+    annotated with its accuracy (the text of cell (i, j) is f"{accuracy:.2f}")."""
+    names, matrix = transfer["names"], np.asarray(transfer["accuracy"], float)
+    size = 1.2 + 1.1 * len(names)
+    figure, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), labels=names)
+    ax.set_xlabel("target model (evaluated)")
+    ax.set_ylabel("source model (attacked)")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
+                    color="white" if matrix[i, j] < 0.5 else "black")
+    figure.colorbar(image, ax=ax, label="accuracy")
+    ax.set_title(title or "transfer attack accuracy")
+    return _save(figure, path)
+
+
+def feature_distance_bars(distances, path, epsilon=None, title=None):
+    """Bar chart of `robustness.feature_distance` results, one bar per model in the given order."""
+    names = list(distances)
+    figure, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 4))
+    ax.bar(range(len(names)), [distances[name] for name in names])
+    ax.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+    ax.set_ylabel("||f(x) - f(x+u)|| / ||f(x)||")
+    noise = f" (uniform noise, epsilon {epsilon * 255:g}/255)" if epsilon is not None else ""
+    ax.set_title(title or f"feature distance{noise}")
+    return _save(figure, path)
+
+
+def accuracy_vs_remaining_ratio(series, path, dense=None, title=None):
+    """Robust and natural accuracy against the remaining ratio (paper Fig. 1).
+
+    `series`: {name: [{"remaining_ratio", "natural", "robust"}, ...]}. Each series gives two lines, in this order:
+    "<name> robust" (solid) and "<name> natural" (dotted), with the points sorted by remaining ratio. `dense`
+    (optional {"natural", "robust"}): the dense baseline as dashed horizontal lines "dense robust" and
+    "dense natural".
+    """
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for index, (name, points) in enumerate(series.items()):
+        points = sorted(points, key=lambda p: p["remaining_ratio"])
+        ratios = [p["remaining_ratio"] for p in points]
+        color = f"C{index}"
+        ax.plot(ratios, [p["robust"] for p in points], marker="o", color=color, label=f"{name} robust")
+        ax.plot(ratios, [p["natural"] for p in points], marker="s", linestyle=":", color=color,
+                label=f"{name} natural")
+    if dense is not None:
+        ax.axhline(dense["robust"], linestyle="--", color="black", label="dense robust")
+        ax.axhline(dense["natural"], linestyle="--", color="gray", label="dense natural")
+    ax.set_xlabel("remaining ratio")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "accuracy vs remaining ratio")
+    return _save(figure, path)
