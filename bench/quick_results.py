@@ -21,6 +21,28 @@ def load(run_dir):
     return config, metrics
 
 
+def plot_curves(summary, path):
+    """Validation natural and PGD accuracy per epoch of both runs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for mode, style in (("rst", "-"), ("dense_at", "--")):
+        rows = [row for row in summary[mode]["epochs"] if "val_natural_accuracy" in row]
+        epochs = [row["epoch"] for row in rows]
+        axis.plot(epochs, [100 * row["val_natural_accuracy"] for row in rows], style, marker="o",
+                  label=f"{mode} natural")
+        axis.plot(epochs, [100 * row["val_pgd20_accuracy"] for row in rows], style, marker="s",
+                  label=f"{mode} PGD-20")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.set_title("CPU-scale quick search, CIFAR-10 (JPEG copy)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return figure
+
+
 def main(rst_dir, dense_dir):
     rows, summary = [], {}
     for label, run_dir in (("RST (mask search, weights untrained)", rst_dir), ("dense PGD AT baseline", dense_dir)):
@@ -57,11 +79,15 @@ def main(rst_dir, dense_dir):
         "Commands:",
         "",
         "```sh",
-        *__doc__.strip().splitlines()[2:],
+        *[line.strip() for line in __doc__.strip().splitlines()[2:]],
         "```",
         "",
         "Per-epoch figures are in docs/results.json.",
     ]
+    plot_curves(summary, os.path.join(common.DOCS, "results_quick.png"))
+    lines += ["", "![validation accuracy per epoch](results_quick.png)", "",
+              "Training minutes are wall time on a shared machine and not a speed comparison (see "
+              "docs/performance.md for step times measured side by side)."]
     os.makedirs(common.DOCS, exist_ok=True)
     with open(os.path.join(common.DOCS, "results.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")

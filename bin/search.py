@@ -19,7 +19,8 @@ flags.DEFINE_enum("dataset", "cifar10", ["cifar10", "cifar100", "imagenet2012"],
 flags.DEFINE_string("data_dir", os.environ.get("RST_TF_DATA_DIR", ""),
                     "A folder with train/ and test/ class folders, or a tensorflow-datasets data_dir holding a "
                     "prepared copy; empty: download through tensorflow-datasets. Default: $RST_TF_DATA_DIR.")
-flags.DEFINE_string("network", "resnet18", "resnet18 | preact_resnet18 | wrn_34_10 | resnet50 | resnet101.")
+flags.DEFINE_string("network", "resnet18",
+                    "resnet18 | preact_resnet18 | wrn_34_10 | resnet18_imagenet | resnet50 | resnet101.")
 flags.DEFINE_float("width_multiplier", 1.0, "Scale every layer's channels (CPU-scale runs: 1/8 to 1/4).")
 flags.DEFINE_float("remaining_ratio", 0.05, "Fraction of weights each masked layer keeps, in (0, 1].")
 flags.DEFINE_enum("sparsity", "element", ["element", "row", "kernel", "channel"], "Sparsity pattern of the mask.")

@@ -69,7 +69,7 @@ def _config_record(config, network):
     return record
 
 
-def evaluate_attacks(network, batches, attack_configs, seed=0, log=None):
+def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural=None):
     """Accuracy of `network` under each attack in `attack_configs` on the same examples.
 
     Returns a dict:
@@ -79,10 +79,13 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None):
       worst_case: {accuracy, correct, attacks}: an example counts as robust only if it is classified correctly
         clean and under every attack;
       worst_case_by_threat: the same per threat model (norm, epsilon), e.g. every L-inf attack at 8/255.
-    `log`, if given, is called with one line per finished attack.
+    `log`, if given, is called with one line per finished attack. `natural` (optional): the per-example clean
+    correctness on these batches from an earlier call, so it is not computed again.
     """
     batches = materialize(batches)
-    natural = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none"), seed).per_example(batches)
+    if natural is None:
+        natural = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none"), seed).per_example(batches)
+    natural = np.asarray(natural, np.int32)
     results = []
     for config in attack_configs:
         correct = evaluate.AttackedAccuracy(network, config, seed).per_example(batches)
@@ -96,7 +99,8 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None):
     for result in results:
         by_threat.setdefault((result["norm"], result["epsilon"]), []).append(result)
     return {
-        "natural": {"accuracy": _mean(natural), "correct": [int(c) for c in natural], "num_examples": int(natural.size)},
+        "natural": {"accuracy": _mean(natural), "correct": [int(c) for c in natural],
+                    "num_examples": int(natural.size)},
         "attacks": results,
         "worst_case": _worst_case(natural, results),
         "worst_case_by_threat": [dict(norm=norm, epsilon=epsilon, **_worst_case(natural, group))
@@ -201,7 +205,8 @@ def sanity_checks(attack_results, natural_accuracy=None, transfer=None, toleranc
             for column, target in enumerate(names):
                 if row != column:
                     checks.append(_check(
-                        "transfer accuracy >= white-box accuracy", matrix[row][column] >= matrix[column][column] - slack,
+                        "transfer accuracy >= white-box accuracy",
+                        matrix[row][column] >= matrix[column][column] - slack,
                         f"{source} -> {target}: {matrix[row][column]:.4f} vs white-box on {target}: "
                         f"{matrix[column][column]:.4f}"))
     return checks
@@ -292,19 +297,20 @@ def feature_distance(networks_by_name, batches, epsilon, seed=0, layer_name="poo
     distances = {}
     for name, network in networks_by_name.items():
         features = feature_model(network, layer_name)
-        masks = layers.current_masks(network)
+        masked = list(layers.current_masks(network).items())
+        masked_layers, masks = [layer for layer, _ in masked], [mask for _, mask in masked]
 
         @tf.function(reduce_retracing=True)
-        def distance(images, noise_seed, features=features, masks=masks):
+        def distance(images, noise_seed, masks, features=features, masked_layers=masked_layers):
             noise = tf.random.stateless_uniform(tf.shape(images), noise_seed, -epsilon, epsilon, alg=attacks.RNG_ALG)
-            with masking.supplied_masks(masks):
+            with masking.supplied_masks(dict(zip(masked_layers, masks))):
                 clean = features(images, training=False)
                 noisy = features(tf.clip_by_value(images + noise, 0.0, 1.0), training=False)
             flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])
             numerator = tf.norm(flat(clean - noisy), axis=1)
             return numerator / tf.maximum(tf.norm(flat(clean), axis=1), 1e-12)
 
-        values = [distance(images, tf.constant([seed, index], tf.int64)).numpy()
+        values = [distance(images, tf.constant([seed, index], tf.int64), masks).numpy()
                   for index, (images, _) in enumerate(batches)]
         distances[name] = float(np.concatenate(values).mean()) if values else float("nan")
     return distances

@@ -15,7 +15,8 @@ def kernel_count(model):
 
 
 @pytest.mark.parametrize("name,kwargs,paper_millions", [
-    ("resnet18", CIFAR, 11.17), ("resnet50", IMAGENET, 25.5), ("resnet101", IMAGENET, 44.5)])
+    ("resnet18", CIFAR, 11.17), ("resnet18_imagenet", IMAGENET, 11.68), ("resnet50", IMAGENET, 25.5),
+    ("resnet101", IMAGENET, 44.5)])
 def test_parameter_counts_match_the_paper(name, kwargs, paper_millions):
     model = networks.build(name, **kwargs)
     assert kernel_count(model) / 1e6 == pytest.approx(paper_millions, rel=0.01)
@@ -23,7 +24,7 @@ def test_parameter_counts_match_the_paper(name, kwargs, paper_millions):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("resnet18", CIFAR), ("preact_resnet18", CIFAR), ("wrn_34_10", CIFAR),
-    ("resnet50", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet101", dict(IMAGENET, input_shape=(64, 64, 3)))])
+    ("resnet18_imagenet", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet50", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet101", dict(IMAGENET, input_shape=(64, 64, 3)))])
 def test_every_network_runs_forward_at_width_one_eighth(name, kwargs):
     model = networks.build(name, width_multiplier=1 / 8, remaining_ratio=0.1, **kwargs)
     images = tf.random.stateless_uniform((2,) + tuple(kwargs["input_shape"]), seed=[0, 1])

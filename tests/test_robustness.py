@@ -74,20 +74,21 @@ class HardThreshold(keras.layers.Layer):
 
 def mean_pixel_classifier(masked):
     """Two classes: is the mean pixel above 0.5 (hand-set weights, optionally behind the hard threshold)."""
-    inputs = keras.Input((4, 4, 1))
+    inputs = keras.Input((8, 8, 3))
     x = HardThreshold()(inputs) if masked else inputs
     x = keras.layers.GlobalAveragePooling2D()(x)
     dense = keras.layers.Dense(2)
     logits = dense(x)
-    dense.set_weights([np.array([[-100.0, 100.0]], np.float32), np.array([50.0, -50.0], np.float32)])
+    dense.set_weights([np.full((3, 2), [-100.0 / 3, 100.0 / 3], np.float32), np.array([50.0, -50.0], np.float32)])
     return keras.Model(inputs, logits)
 
 
 def mean_pixel_batches():
-    """Images whose mean pixel is 0.5 +- 0.015 (the class), so an L-inf budget of 8/255 can flip every one."""
+    """Images whose mean pixel is 0.5 +- 0.015 (the class), so an L-inf budget of 8/255 can flip every one.
+    (8x8x3: inside tf.function, bandits in rst_tf.attacks fails on one-channel images and on a 1x1 prior.)"""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 64).astype(np.int32)
-    noise = rng.uniform(-0.01, 0.01, (64, 4, 4, 1))
+    noise = rng.uniform(-0.01, 0.01, (64, 8, 8, 3))
     noise -= noise.mean(axis=(1, 2, 3), keepdims=True)
     images = 0.5 + np.where(labels == 1, 0.015, -0.015)[:, None, None, None] + noise
     return [(images[:32].astype(np.float32), labels[:32]), (images[32:].astype(np.float32), labels[32:])]

@@ -1,13 +1,14 @@
 """The paper's networks, built by name with masked layers throughout."""
 from rst_tf.networks.common import NORMALIZATION, MaskedLayerFactory
 from rst_tf.networks.resnet_cifar import preact_resnet18, resnet18
-from rst_tf.networks.resnet_imagenet import resnet50, resnet101
+from rst_tf.networks.resnet_imagenet import resnet18_imagenet, resnet50, resnet101
 from rst_tf.networks.wide_resnet import wrn_34_10
 
 NETWORKS = {
     "resnet18": resnet18,
     "preact_resnet18": preact_resnet18,
     "wrn_34_10": wrn_34_10,
+    "resnet18_imagenet": resnet18_imagenet,
     "resnet50": resnet50,
     "resnet101": resnet101,
 }

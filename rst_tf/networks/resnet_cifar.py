@@ -6,7 +6,7 @@ from rst_tf.networks.common import batch_norm, network_input
 _STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
 
-def _basic_block(x, factory, planes, stride, name):
+def basic_block(x, factory, planes, stride, name):
     """conv-bn-relu-conv-bn + shortcut (1x1 masked conv + bn when the shape changes), then relu."""
     out = factory.conv(planes, 3, stride, name=f"{name}_conv1")(x)
     out = keras.layers.ReLU()(batch_norm(f"{name}_bn1")(out))
@@ -36,7 +36,7 @@ def _resnet18(factory, num_classes, input_shape, dataset, dense_first_conv, dens
     x = factory.conv(factory.width(64), 3, 1, name="conv1", dense=dense_first_conv)(x)
     if not preact:
         x = keras.layers.ReLU()(batch_norm("bn1")(x))
-    block = _preact_block if preact else _basic_block
+    block = _preact_block if preact else basic_block
     for stage, (planes, stride) in enumerate(_STAGES, start=1):
         for index in range(2):
             x = block(x, factory, factory.width(planes), stride if index == 0 else 1, f"layer{stage}_{index}")

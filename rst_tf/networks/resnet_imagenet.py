@@ -2,6 +2,7 @@
 import keras
 
 from rst_tf.networks.common import batch_norm, network_input
+from rst_tf.networks.resnet_cifar import basic_block
 
 _EXPANSION = 4
 
@@ -20,7 +21,8 @@ def _bottleneck(x, factory, planes, stride, name):
     return keras.layers.ReLU()(keras.layers.Add()([out, shortcut]))
 
 
-def _resnet(factory, blocks, num_classes, input_shape, dataset, dense_first_conv, dense_classifier, name):
+def _resnet(factory, blocks, num_classes, input_shape, dataset, dense_first_conv, dense_classifier, name,
+            block=_bottleneck):
     inputs, x = network_input(input_shape, dataset)
     x = factory.conv(factory.width(64), 7, 2, padding=3, name="conv1", dense=dense_first_conv)(x)
     x = keras.layers.ReLU()(batch_norm("bn1")(x))
@@ -30,10 +32,17 @@ def _resnet(factory, blocks, num_classes, input_shape, dataset, dense_first_conv
     for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
         for index in range(count):
             stride = 2 if stage > 1 and index == 0 else 1
-            x = _bottleneck(x, factory, factory.width(planes), stride, f"layer{stage}_{index}")
+            x = block(x, factory, factory.width(planes), stride, f"layer{stage}_{index}")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = factory.dense(num_classes, name="classifier", dense=dense_classifier)(x)
     return keras.Model(inputs, logits, name=name)
+
+
+def resnet18_imagenet(factory, num_classes=1000, input_shape=(224, 224, 3), dataset="imagenet2012",
+                      dense_first_conv=False, dense_classifier=False):
+    """torchvision's ResNet18 (BasicBlocks): the paper's dense ImageNet baseline (Table 1)."""
+    return _resnet(factory, (2, 2, 2, 2), num_classes, input_shape, dataset, dense_first_conv, dense_classifier,
+                   "resnet18_imagenet", block=basic_block)
 
 
 def resnet50(factory, num_classes=1000, input_shape=(224, 224, 3), dataset="imagenet2012", dense_first_conv=False,
