@@ -195,8 +195,8 @@ def evaluate_all(runs, batches, configs, probes, transfer_config):
         probe_results = []
         if probes:
             log("sanity probes")
-            probe_results = robustness.evaluate_attacks(network, batches, probes, FLAGS.seed, log=log,
-                                                         natural=result["natural"]["correct"])["attacks"]
+            probe_results = robustness.evaluate_attacks(
+                network, batches, probes, FLAGS.seed, log=log, natural=result["natural"]["correct"])["attacks"]
         checks = robustness.sanity_checks(result["attacks"] + probe_results, result["natural"]["accuracy"])
         robust, robust_attacks = _robust_point(result, reference)
         entry = {"name": name, "run_dir": run_dir, "checkpoint": FLAGS.checkpoint, "network": config.network,
@@ -236,9 +236,9 @@ def evaluate_all(runs, batches, configs, probes, transfer_config):
                 dense = dense or {"natural": point["natural"], "robust": point["robust"]}
             else:
                 series.setdefault(f"{entry['network']} {entry['mode']}", []).append(point)
+        title = f"accuracy vs remaining ratio (robust: worst case at {reference * 255:g}/255)"
         figures["accuracy_vs_remaining_ratio.png"] = lambda path: plots.accuracy_vs_remaining_ratio(
-            series, path, dense=dense, title=f"accuracy vs remaining ratio (robust: worst case at "
-                                               f"{reference * 255:g}/255)")
+            series, path, dense=dense, title=title)
     return report, figures
 
 
@@ -302,6 +302,12 @@ def _write_text(path, text):
     os.replace(temporary, path)
 
 
+_RECORDED_FLAGS = ("run_dir", "checkpoint", "attacks", "epsilons", "l2_epsilons", "steps", "step_size_ratio",
+                   "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "cw_l2_steps",
+                   "cw_l2_binary_search_steps", "sanity_probes", "reference_epsilon", "num_examples", "batch_size",
+                   "seed", "data_dir", "transfer", "feature_distance")
+
+
 def _json_default(value):
     if hasattr(value, "item"):  # NumPy scalars
         return value.item()
@@ -325,11 +331,7 @@ def main(argv):
         report["transfer"]["label"] = robustness.attack_label(transfer_config)
     report = {"command": " ".join(shlex.quote(arg) for arg in sys.argv), "dataset": runs[0][2].dataset,
               "num_examples": sum(int(labels.shape[0]) for _, labels in batches), "seed": FLAGS.seed,
-              "flags": {name: FLAGS[name].value for name in ("run_dir", "checkpoint", "attacks", "epsilons",
-                                                              "l2_epsilons", "steps", "step_size_ratio", "restarts",
-                                                              "num_examples", "batch_size", "seed", "transfer",
-                                                              "feature_distance", "sanity_probes",
-                                                              "reference_epsilon")},
+              "flags": {name: FLAGS[name].value for name in _RECORDED_FLAGS},
               **report, "plots": sorted(figures)}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     for name, draw in figures.items():

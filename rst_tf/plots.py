@@ -107,6 +107,9 @@ def accuracy_vs_remaining_ratio(series, path, dense=None, title=None):
     if dense is not None:
         ax.axhline(dense["robust"], linestyle="--", color="black", label="dense robust")
         ax.axhline(dense["natural"], linestyle="--", color="gray", label="dense natural")
+    ratios = [p["remaining_ratio"] for points in series.values() for p in points]
+    if ratios and min(ratios) > 0 and max(ratios) / min(ratios) >= 10:
+        ax.set_xscale("log")  # ratios spanning decades (the paper's 1% to 80%)
     ax.set_xlabel("remaining ratio")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)

@@ -24,7 +24,7 @@ def trained(cifar10_path):
     model = search.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=0.0)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     batches = list(data.eval_batches(splits.train, 64))
-    model.fit(data.eval_batches(splits.train, 32).repeat(30), verbose=0)
+    model.fit(data.eval_batches(splits.train, 32).repeat(30), shuffle=False, verbose=0)
     return network, batches
 
 
