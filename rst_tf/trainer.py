@@ -162,7 +162,7 @@ class _Run:
         if self.last.latest_checkpoint:
             self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
             self.history = _read_json(os.path.join(self.output_dir, "metrics.json")).get("epochs", [])
-            self.history = [row for row in self.history if row["epoch"] < int(self.epoch.numpy())]
+            self.history = [row for row in self.history if row["epoch"] <= int(self.epoch.numpy())]
 
     def train_epoch(self, epoch):
         batches = data.train_batches(self.splits.train, dataset=self.config.dataset,
