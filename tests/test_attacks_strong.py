@@ -9,9 +9,8 @@ import tensorflow as tf
 
 from rst_tf import attacks
 from rst_tf.attacks import AttackConfig
+from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
 
-NUM_CLASSES = 4
-IMAGE_SHAPE = (8, 8, 3)
 EPSILON = 12 / 255
 L2_EPSILON = 0.5
 SEED = (1, 2)
@@ -20,38 +19,10 @@ FEW = 48
 FEW_CW = 16
 
 
-def _make_images(count, rng, templates, noise):
-    labels = rng.integers(0, len(templates), count)
-    images = templates[labels] + rng.normal(0.0, noise, (count,) + IMAGE_SHAPE)
-    return np.clip(images, 0.0, 1.0).astype("float32"), labels.astype("int32")
-
-
 @pytest.fixture(scope="module")
 def trained():
-    """(model, test_images, test_labels): a conv net with batch norm trained to
-    ~100% clean test accuracy on class templates plus Gaussian noise."""
-    rng = np.random.default_rng(0)
-    templates = 0.5 + 0.06 * rng.standard_normal((NUM_CLASSES,) + IMAGE_SHAPE)
-    train_images, train_labels = _make_images(1024, rng, templates, 0.1)
-    test_images, test_labels = _make_images(128, rng, templates, 0.1)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            keras.layers.Rescaling(2.0, offset=-1.0),
-            keras.layers.Conv2D(8, 3),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(NUM_CLASSES),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=False,
-    )
-    model.fit(train_images, train_labels, epochs=3, batch_size=128, verbose=0)
+    """(model, test_images, test_labels): see tests/template_model.py."""
+    model, test_images, test_labels = train_template_model(128)
     assert _accuracy(_logits_fn(model), test_images, test_labels) >= 0.97
     return model, test_images, test_labels
 
