@@ -34,14 +34,21 @@ def checkpoint_tensors(checkpoint_dir):
     return {name: reader.get_tensor(name) for name in names if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
-def test_killed_run_resumes_to_the_same_scores(tmp_path, cifar10_path):
-    whole = search(*TINY, f"--output_dir={tmp_path / 'whole'}", cifar10_path=cifar10_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, cifar10_path):
+    """A finished 2-epoch tiny search, shared by the tests that read a run folder."""
+    output_dir = tmp_path_factory.mktemp("runs") / "whole"
+    result = search(*TINY, f"--output_dir={output_dir}", cifar10_path=cifar10_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_killed_run_resumes_to_the_same_scores(tmp_path, cifar10_path, whole_run):
+    metrics = json.loads((whole_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
     assert {"test_natural_accuracy", "test_pgd20_accuracy"} <= set(metrics["final"]["best"])
     for name in ("config.json", "flags.txt", "tensorboard"):
-        assert (tmp_path / "whole" / name).exists()
+        assert (whole_run / name).exists()
 
     killed_dir = tmp_path / "killed"
     process = search(*TINY, f"--output_dir={killed_dir}", cifar10_path=cifar10_path, wait=False)
@@ -54,7 +61,7 @@ def test_killed_run_resumes_to_the_same_scores(tmp_path, cifar10_path):
     assert first_epoch.exists()
     resumed = search(*TINY, f"--output_dir={killed_dir}", "--resume", cifar10_path=cifar10_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected = checkpoint_tensors(str(tmp_path / "whole" / "checkpoints" / "last"))
+    expected = checkpoint_tensors(str(whole_run / "checkpoints" / "last"))
     actual = checkpoint_tensors(str(killed_dir / "checkpoints" / "last"))
     assert sum(name.startswith("network/") for name in expected) > 20 and expected.keys() == actual.keys()
     for name in expected:
@@ -85,13 +92,10 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, cifar10_path):
     assert result.returncode != 0 and "already holds a run" in result.stderr
 
 
-def test_load_run_restores_the_searched_network(tmp_path, cifar10_path):
+def test_load_run_restores_the_searched_network(tmp_path, whole_run):
     from rst_tf import trainer
-    output_dir = tmp_path / "run"
-    result = search(*TINY, "--epochs=1", f"--output_dir={output_dir}", cifar10_path=cifar10_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    network, config = trainer.load_run(str(output_dir), "last")
-    saved = checkpoint_tensors(str(output_dir / "checkpoints" / "last"))
+    network, config = trainer.load_run(str(whole_run), "last")
+    saved = checkpoint_tensors(str(whole_run / "checkpoints" / "last"))
     scores = [name for name in saved if name.startswith("network/") and name.endswith("VARIABLE_VALUE")]
     restored = {v.numpy().tobytes() for v in network.weights}
     assert scores and all(saved[name].tobytes() in restored for name in scores)
