@@ -5,12 +5,13 @@ import tensorflow as tf
 from rst_tf import attacks, layers, masking
 
 
-class AttackedAccuracy:
-    """Counts correct predictions of `network` under `attack` over batches of (images, labels).
+class MaskedAttacker:
+    """Adversarial examples of `attack` on a masked `network`, and the network's predictions on any images.
 
-    The masks are computed once per evaluation (they cannot change during one) and handed to a per-batch function
+    The masks are computed once per call (they cannot change during an evaluation) and handed to per-batch functions
     traced once per object, so keep the object to evaluate again after training. BatchNorm runs in inference mode.
-    Each batch draws its random start from `(seed, batch index)`, so an evaluation is reproducible.
+    Batch i of a call draws its random start from `(seed, i)`, so results are reproducible and every user of the
+    same seed (accuracy, transfer matrices) attacks with the same noise.
     """
 
     def __init__(self, network, attack, seed=0):
@@ -20,25 +21,43 @@ class AttackedAccuracy:
         self.seed = int(seed)
         self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
         if attack.name in attacks.EAGER_ONLY_ATTACKS:  # wrappers around libraries that run eagerly only
-            self._batch = self._correct_in_batch
+            self._generate = self._generate_batch
         else:
-            self._batch = tf.function(self._correct_in_batch, reduce_retracing=True)
+            self._generate = tf.function(self._generate_batch, reduce_retracing=True)
+        self._predict = tf.function(self._predict_batch, reduce_retracing=True)
 
-    def _correct_in_batch(self, images, labels, masks, seed):
+    def _masks(self):
+        return [layer.binary_mask() for layer in self._masked_layers]
+
+    def _generate_batch(self, images, labels, masks, seed):
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            logits_fn = lambda x: self.network(x, training=False)
-            adversarial = attacks.generate(logits_fn, images, labels, self.attack, seed)
-            predictions = tf.argmax(logits_fn(adversarial), axis=-1, output_type=tf.int32)
-        return tf.cast(tf.equal(predictions, tf.cast(labels, tf.int32)), tf.int32)
+            return attacks.generate(lambda x: self.network(x, training=False), images, labels, self.attack, seed)
+
+    def _predict_batch(self, images, masks):
+        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
+            return tf.argmax(self.network(images, training=False), axis=-1, output_type=tf.int32)
+
+    def generate(self, batches, masks=None):
+        """The adversarial images of every batch of (images, labels), as a list of tensors."""
+        masks = self._masks() if masks is None else masks
+        return [self._generate(images, labels, masks, tf.constant([self.seed, index], tf.int64))
+                for index, (images, labels) in enumerate(batches)]
+
+    def correct(self, images_list, batches, masks=None):
+        """A {0, 1} array: does the network classify each of `images_list` as the label in `batches`."""
+        masks = self._masks() if masks is None else masks
+        correct = [tf.cast(tf.equal(self._predict(images, masks), tf.cast(labels, tf.int32)), tf.int32).numpy()
+                   for images, (_, labels) in zip(images_list, batches)]
+        return np.concatenate(correct) if correct else np.zeros([0], np.int32)
+
+
+class AttackedAccuracy(MaskedAttacker):
+    """Accuracy of `network` under `attack` over batches of (images, labels)."""
 
     def per_example(self, batches):
         """A {0, 1} array: was each example classified correctly under the attack."""
-        masks = [layer.binary_mask() for layer in self._masked_layers]
-        correct = []
-        for index, (images, labels) in enumerate(batches):
-            seed = tf.constant([self.seed, index], tf.int64)
-            correct.append(self._batch(images, labels, masks, seed).numpy())
-        return np.concatenate(correct) if correct else np.zeros([0], np.int32)
+        masks = self._masks()
+        return self.correct(self.generate(batches, masks), batches, masks)
 
     def __call__(self, batches):
         """Accuracy in [0, 1] over all batches."""

@@ -220,41 +220,6 @@ def masking_warnings(checks):
 # ---------------------------------------------------------------- transfer attacks.
 
 
-class _Attacker:
-    """Adversarial examples of `attack` on `network` (masks computed once), seeded per batch as AttackedAccuracy."""
-
-    def __init__(self, network, attack):
-        attack.validate()
-        self.network = network
-        self.attack = attack
-        self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
-        eager = attack.name in attacks.EAGER_ONLY_ATTACKS
-        self._generate = self._generate_batch if eager else tf.function(self._generate_batch, reduce_retracing=True)
-        self._predict = tf.function(self._predict_batch, reduce_retracing=True)
-
-    def masks(self):
-        return [layer.binary_mask() for layer in self._masked_layers]
-
-    def _generate_batch(self, images, labels, masks, seed):
-        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            return attacks.generate(lambda x: self.network(x, training=False), images, labels, self.attack, seed)
-
-    def _predict_batch(self, images, masks):
-        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            return tf.argmax(self.network(images, training=False), axis=-1, output_type=tf.int32)
-
-    def generate(self, batches, seed):
-        masks = self.masks()
-        return [self._generate(images, labels, masks, tf.constant([seed, index], tf.int64))
-                for index, (images, labels) in enumerate(batches)]
-
-    def correct(self, images_list, batches):
-        masks = self.masks()
-        correct = [tf.equal(self._predict(images, masks), tf.cast(labels, tf.int32)).numpy()
-                   for images, (_, labels) in zip(images_list, batches)]
-        return np.concatenate(correct) if correct else np.zeros([0], bool)
-
-
 def transfer_matrix(networks_by_name, batches, attack_config, seed=0):
     """Accuracy of each column model on adversarial examples crafted on each row model (paper Fig. 7).
 
@@ -264,11 +229,11 @@ def transfer_matrix(networks_by_name, batches, attack_config, seed=0):
     """
     batches = materialize(batches)
     names = list(networks_by_name)
-    attackers = {name: _Attacker(networks_by_name[name], attack_config) for name in names}
+    attackers = {name: evaluate.MaskedAttacker(networks_by_name[name], attack_config, seed) for name in names}
     matrix = []
     num_examples = 0
     for source in names:
-        adversarial = attackers[source].generate(batches, seed)
+        adversarial = attackers[source].generate(batches)
         row = []
         for target in names:
             correct = attackers[target].correct(adversarial, batches)
