@@ -52,3 +52,11 @@ def write_flags(output_dir):
     if os.path.isdir(output_dir):
         with open(os.path.join(output_dir, "flags.txt"), "w") as handle:
             handle.write(FLAGS.flags_into_string())
+
+
+def write_text(path, text):
+    """Write atomically: a reader never sees half a file."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)

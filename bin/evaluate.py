@@ -25,16 +25,19 @@ from bin import common  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("run_dir", [], "Search run folders (bin/search --output_dir), comma-separated.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of each run to evaluate.")
-flags.DEFINE_list("attacks", ["pgd"], "Attacks: pgd, cw_inf, fgsm, fgsm_rs, bandits, autoattack (L-inf budgets from "
-                  "--epsilons); pgd_l2, cw_l2 (L2 budgets from --l2_epsilons).")
+flags.DEFINE_list("attacks", ["pgd"], "Attacks: pgd, cw_inf, fgsm, fgsm_rs, bandits, autoattack, apgd_ce, apgd_dlr, "
+                  "autoattack_rand (L-inf budgets from --epsilons); pgd_l2, cw_l2 (L2 budgets from --l2_epsilons).")
 flags.DEFINE_list("epsilons", ["2", "4", "8", "12", "16"], "L-inf budgets in units of 1/255.")
 flags.DEFINE_list("l2_epsilons", ["0.5", "1.71", "2.0"], "L2 budgets (pixels in [0, 1]).")
 flags.DEFINE_integer("steps", 20, "Iterations of pgd, cw_inf and pgd_l2.")
 flags.DEFINE_float("step_size_ratio", 0.25, "Step size of pgd, cw_inf and pgd_l2 as a fraction of epsilon.")
 flags.DEFINE_integer("restarts", 1, "Random restarts of pgd, cw_inf and pgd_l2.")
 flags.DEFINE_integer("bandits_queries", 10_000, "Query budget per example of bandits.")
-flags.DEFINE_integer("autoattack_steps", 100, "APGD iterations of autoattack (standard: 100).")
+flags.DEFINE_integer("autoattack_steps", 100, "APGD iterations of autoattack, autoattack_rand, apgd_ce and apgd_dlr "
+                     "(standard: 100).")
 flags.DEFINE_integer("autoattack_queries", 5000, "Square Attack queries of autoattack (standard: 5000).")
+flags.DEFINE_integer("eot_draws", 20, "Model calls averaged per gradient (EOT) by autoattack_rand, apgd_ce and "
+                     "apgd_dlr (AutoAttack rand: 20; 1 suffices for a deterministic network).")
 flags.DEFINE_integer("cw_l2_steps", 1000, "Adam iterations per binary-search step of cw_l2.")
 flags.DEFINE_integer("cw_l2_binary_search_steps", 5, "Binary-search steps of cw_l2.")
 flags.DEFINE_bool("sanity_probes", True, "Also run PGD at 64/255 and PGD with twice the steps at the reference "
@@ -52,7 +55,7 @@ flags.DEFINE_bool("transfer", False, "With two or more runs: transfer PGD betwee
 flags.DEFINE_bool("feature_distance", False, "Relative distance of the last conv features under uniform noise.")
 
 L2_ATTACKS = ("pgd_l2", "cw_l2")
-LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack")
+LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack", "apgd_ce", "apgd_dlr", "autoattack_rand")
 LARGE_EPSILON = 64  # /255
 
 
@@ -87,8 +90,8 @@ def check_flags():
     _numbers("epsilons", FLAGS.epsilons, 255)
     _numbers("l2_epsilons", FLAGS.l2_epsilons, 1e6)
     _numbers("reference_epsilon", [FLAGS.reference_epsilon], 255)
-    _positive("steps", "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "cw_l2_steps",
-              "cw_l2_binary_search_steps", "batch_size")
+    _positive("steps", "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "eot_draws",
+              "cw_l2_steps", "cw_l2_binary_search_steps", "batch_size")
     if not 0 < FLAGS.step_size_ratio <= 1:
         common.fail(f"--step_size_ratio must be in (0, 1], got {FLAGS.step_size_ratio}")
     if FLAGS.num_examples < 0:
@@ -122,6 +125,9 @@ def attack_configs():
         if name == "autoattack":
             config = attacks.autoattack_config(epsilon)
             return dataclasses.replace(config, steps=FLAGS.autoattack_steps, max_queries=FLAGS.autoattack_queries)
+        if name in ("apgd_ce", "apgd_dlr", "autoattack_rand"):
+            config = attacks.autoattack_rand_config(epsilon, eot_draws=FLAGS.eot_draws)
+            return dataclasses.replace(config, name=name, steps=FLAGS.autoattack_steps)
         return attacks.cw_l2_config(epsilon, steps=FLAGS.cw_l2_steps,
                                     binary_search_steps=FLAGS.cw_l2_binary_search_steps)
 
@@ -155,15 +161,15 @@ def load_runs_and_data():
     for run_dir in FLAGS.run_dir:
         network, config = trainer.load_run(run_dir, FLAGS.checkpoint)
         runs.append((run_dir, network, config))
-    datasets = {config.dataset for _, _, config in runs}
+    datasets = {(config.dataset, tuple(config.class_subset)) for _, _, config in runs}
     if len(datasets) > 1:
-        common.fail(f"the runs use different datasets: {sorted(datasets)}")
+        common.fail(f"the runs use different datasets or class subsets: {sorted(datasets)}")
     config = runs[0][2]
     data_dir = FLAGS.data_dir or config.data_dir
     if data_dir and not os.path.isdir(data_dir):
         common.fail(f"--data_dir {data_dir} is not a folder")
     splits = data.load_splits(config.dataset, data_dir or None, test_examples=FLAGS.num_examples or None,
-                              seed=FLAGS.seed)
+                              class_subset=tuple(config.class_subset) or None, seed=FLAGS.seed)
     batches = list(data.eval_batches(splits.test, FLAGS.batch_size))
     return runs, batches
 
@@ -303,7 +309,7 @@ def _write_text(path, text):
 
 
 _RECORDED_FLAGS = ("run_dir", "checkpoint", "attacks", "epsilons", "l2_epsilons", "steps", "step_size_ratio",
-                   "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "cw_l2_steps",
+                   "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "eot_draws", "cw_l2_steps",
                    "cw_l2_binary_search_steps", "sanity_probes", "reference_epsilon", "num_examples", "batch_size",
                    "seed", "data_dir", "transfer", "feature_distance")
 

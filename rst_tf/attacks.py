@@ -4,6 +4,11 @@ All attacks are untargeted. ``fgsm``, ``fgsm_rs``, ``pgd``, ``pgd_l2`` and
 ``bandits`` maximise the softmax cross-entropy of the true labels; ``cw_inf``
 maximises the Carlini-Wagner margin; ``cw_l2`` and ``autoattack`` are the
 library attacks of cleverhans and the Adversarial Robustness Toolbox (ART).
+``apgd_ce`` and ``apgd_dlr`` are APGD (Croce & Hein 2020) on the
+cross-entropy and the DLR loss, with EOT over ``eot_draws`` calls of a
+randomised model (`rst_tf.apgd`); ``autoattack_rand`` is AutoAttack's
+``rand`` version for randomised defences: APGD-CE, then APGD-DLR on the
+examples still classified correctly.
 Models take images in [clip_min, clip_max] (normally [0, 1]) and return
 logits.
 
@@ -33,7 +38,10 @@ import numpy as np
 import tensorflow as tf
 from cleverhans.tf2.utils import clip_eta, optimize_linear
 
-ATTACKS = ("none", "fgsm", "fgsm_rs", "pgd", "pgd_l2", "cw_inf", "cw_l2", "bandits", "autoattack")
+ATTACKS = (
+    "none", "fgsm", "fgsm_rs", "pgd", "pgd_l2", "cw_inf", "cw_l2", "bandits", "autoattack",
+    "apgd_ce", "apgd_dlr", "autoattack_rand",
+)
 
 # Stateless RNG algorithm; fixed (not "auto_select") so CPU, GPU and XLA agree.
 RNG_ALG = "philox"
@@ -44,6 +52,7 @@ FGSM_RS_STEP_RATIO = 1.25
 
 _PGD_NAMES = ("pgd", "pgd_l2", "cw_inf")
 _RANDOM_START_NAMES = ("fgsm_rs",)
+_APGD_NAMES = ("apgd_ce", "apgd_dlr", "autoattack_rand")
 # Attacks that only run eagerly (Python loops / NumPy inside the library).
 EAGER_ONLY_ATTACKS = ("cw_l2", "autoattack")
 
@@ -51,6 +60,8 @@ EAGER_ONLY_ATTACKS = ("cw_l2", "autoattack")
 AUTOATTACK_STEPS = 100
 AUTOATTACK_SQUARE_QUERIES = 5000
 AUTOATTACK_SQUARE_P_INIT = 0.8
+# AutoAttack's rand version: EOT draws per gradient.
+AUTOATTACK_RAND_EOT_DRAWS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +90,11 @@ class AttackConfig:
     ``epsilon`` (L-inf), ``steps`` the APGD iterations and ``max_queries`` the
     Square Attack queries.
 
+    ``apgd_ce``, ``apgd_dlr`` and ``autoattack_rand`` (L-inf, see
+    `autoattack_rand_config`): ``epsilon``, ``steps`` the APGD iterations and
+    ``eot_draws`` the calls of ``model_fn`` averaged per gradient (EOT). APGD
+    always starts uniformly in the epsilon-ball and sets its own step size.
+
     The new fields have defaults, so configs of the older attacks are
     unchanged.
     """
@@ -102,6 +118,8 @@ class AttackConfig:
     online_lr: float = 100.0
     image_lr: float = 0.01
     tile_size: int = 4
+    # apgd_ce, apgd_dlr, autoattack_rand
+    eot_draws: int = 1
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -137,6 +155,10 @@ class AttackConfig:
             _check_int("steps", self.steps, minimum=1)
             _check_int("max_queries", self.max_queries, minimum=1)
             return
+        if self.name in _APGD_NAMES:
+            _check_int("steps", self.steps, minimum=1)
+            _check_int("eot_draws", self.eot_draws, minimum=1)
+            return
         if self.name not in _PGD_NAMES:
             return
         _check_int("steps", self.steps, minimum=1)
@@ -150,7 +172,7 @@ class AttackConfig:
     @property
     def uses_noise(self) -> bool:
         """Whether the attack draws random numbers (and so needs a seed)."""
-        if self.name in _RANDOM_START_NAMES or self.name == "bandits":
+        if self.name in _RANDOM_START_NAMES or self.name in _APGD_NAMES or self.name == "bandits":
             return True
         return self.name in _PGD_NAMES and bool(self.random_start)
 
@@ -238,6 +260,19 @@ def autoattack_config(epsilon=8 / 255) -> AttackConfig:
     )
 
 
+def autoattack_rand_config(epsilon=8 / 255, eot_draws=AUTOATTACK_RAND_EOT_DRAWS) -> AttackConfig:
+    """AutoAttack's ``rand`` version at L-inf radius ``epsilon``: APGD-CE and
+    APGD-DLR, 100 iterations, one run each, EOT over 20 draws (see
+    `autoattack_rand_settings`)."""
+    return AttackConfig(
+        name="autoattack_rand",
+        epsilon=epsilon,
+        steps=AUTOATTACK_STEPS,
+        random_start=True,
+        eot_draws=eot_draws,
+    )
+
+
 def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=None, unroll=False) -> tf.Tensor:
     """Adversarial versions of ``images`` under ``config``.
 
@@ -247,7 +282,11 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
     Args:
       model_fn: callable mapping images to logits. It is called on perturbed
         images; pass e.g. ``lambda x: model(x, training=False)`` so that
-        batch-norm statistics are not updated by the attack.
+        batch-norm statistics are not updated by the attack. For the
+        gradient attacks written here (fgsm, fgsm_rs, pgd, pgd_l2, cw_inf and
+        the APGD attacks) it may return logits of shape ``[draws, batch, classes]``: the attack
+        then ascends the loss averaged over the draws (expectation over
+        transformation, EOT), e.g. over every mask of a randomised model.
       images: float tensor [batch, ...] with values in [clip_min, clip_max].
       labels: integer class ids, shape [batch] (or [batch, 1]).
       config: the attack; validated here.
@@ -260,7 +299,7 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         one device.
       unroll: write the PGD iterations out instead of a ``tf.while_loop``; needed when ``model_fn`` holds a
         cross-replica synchronisation point (synchronised BatchNorm in training mode under ``tf.distribute``),
-        which TensorFlow does not allow inside a loop. Restarts still loop.
+        which TensorFlow does not allow inside a loop. Restarts still loop. The APGD attacks always loop.
 
     ``cw_l2`` and ``autoattack`` run eagerly only: calling them inside
     ``tf.function`` raises a RuntimeError. ``cw_l2`` is a minimum-norm attack;
@@ -304,6 +343,8 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         adv = _bandits(model_fn, images, labels, config, seed, noise_rows)
     elif config.name == "autoattack":
         adv = _autoattack(model_fn, images, labels, config)
+    elif config.name in _APGD_NAMES:
+        adv = _apgd_attack(model_fn, images, labels, config, seed, noise_rows)
     else:
         norm = 2 if config.name == "pgd_l2" else np.inf
         loss_fn = _margin_loss if config.name == "cw_inf" else _cross_entropy_loss
@@ -346,7 +387,14 @@ def _margin_loss(logits, labels):
 
 
 def _per_example_loss(model_fn, x, labels, loss_fn=_cross_entropy_loss):
+    """Per-example loss and logits. Logits of rank 3, `[draws, batch, classes]`, are an expectation over
+    transformations (EOT): the loss is averaged over the draws and the mean logits are returned."""
     logits = tf.cast(model_fn(x), tf.float32)
+    if logits.shape.rank == 3:
+        draws = tf.shape(logits)[0]
+        flat = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
+        loss = loss_fn(flat, tf.tile(labels, [draws]))
+        return tf.reduce_mean(tf.reshape(loss, [draws, -1]), axis=0), tf.reduce_mean(logits, axis=0)
     return loss_fn(logits, labels), logits
 
 
@@ -776,3 +824,65 @@ def _autoattack(model_fn, images, labels, config):
         adv, robust = run(attack, y)
     adv = tf.constant(adv, images.dtype)
     return _project(images, adv, config.epsilon, np.inf, config)
+
+
+# ---------------------------------------------------------------- APGD with EOT, AutoAttack rand.
+
+
+def autoattack_rand_settings(config: AttackConfig) -> dict:
+    """What ``generate`` runs for ``autoattack_rand`` with ``config``, for
+    recording next to results: the schedule of the official AutoAttack
+    ``version='rand'`` (APGD-CE, then APGD-DLR on the examples still
+    classified correctly, one run of ``steps`` iterations each, every
+    gradient averaged over ``eot_draws`` calls of the model), run by
+    `rst_tf.apgd`. ``"standard_budgets"``: 100 iterations and 20 draws."""
+    config.validate()
+    if config.name != "autoattack_rand":
+        raise ValueError(f"autoattack_rand_settings needs an autoattack_rand config, got {config.name!r}")
+    apgd = dict(implementation="rst_tf.apgd", norm="Linf", eps=config.epsilon, initial_step_size=2 * config.epsilon,
+                max_iter=config.steps, restarts=1, eot_draws=config.eot_draws)
+    return {
+        "attack": "autoattack_rand",
+        "version": "rand",
+        "norm": "Linf",
+        "epsilon": config.epsilon,
+        "clip_values": (config.clip_min, config.clip_max),
+        "components": [
+            dict(name="APGD-CE", loss="ce", **apgd),
+            dict(name="APGD-DLR", loss="dlr", **apgd),
+        ],
+        "standard_budgets": config.steps == AUTOATTACK_STEPS and config.eot_draws == AUTOATTACK_RAND_EOT_DRAWS,
+    }
+
+
+def _apgd_attack(model_fn, images, labels, config, seed, noise_rows=None):
+    """``apgd_ce`` / ``apgd_dlr``: one APGD run; ``autoattack_rand``: APGD-CE
+    from ``seed``, then APGD-DLR from ``stateless_fold_in(seed, 1)`` on the
+    examples APGD-CE did not fool (its results replace only fooled ones)."""
+    from rst_tf import apgd
+
+    def run(images, labels, start, loss):
+        return apgd.run(model_fn, images, labels, start, config.epsilon, config.steps, loss, config.eot_draws,
+                        config.clip_min, config.clip_max)
+
+    def start(seed):
+        return apgd.uniform_start(images, seed, config.epsilon, config.clip_min, config.clip_max, noise_rows)
+
+    if config.name != "autoattack_rand":
+        adv, _ = run(images, labels, start(seed), "ce" if config.name == "apgd_ce" else "dlr")
+        return adv
+    adv, fooled = run(images, labels, start(seed), "ce")
+    remaining = tf.where(~fooled)[:, 0]
+
+    def dlr_stage():
+        dlr_start = tf.gather(start(tf.random.experimental.stateless_fold_in(seed, 1, alg=RNG_ALG)), remaining)
+        dlr_adv, dlr_fooled = run(tf.gather(images, remaining), tf.gather(labels, remaining), dlr_start, "dlr")
+        kept = tf.where(_expand_rows(dlr_fooled, images), dlr_adv, tf.gather(adv, remaining))
+        return tf.tensor_scatter_nd_update(adv, remaining[:, None], kept)
+
+    # Models need not accept an empty batch.
+    return tf.cond(tf.size(remaining) > 0, dlr_stage, lambda: adv)
+
+
+def _expand_rows(flags, images):
+    return tf.reshape(flags, [-1] + [1] * (images.shape.rank - 1))

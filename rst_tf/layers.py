@@ -71,8 +71,13 @@ class _MaskedKernelLayer(keras.layers.Layer):
         return masking.top_k_mask(tf.abs(self.scores), self.remaining_ratio)
 
     def masked_kernel(self):
-        """`kernel * mask`, with the gradient to the scores (straight-through) when they are trainable."""
-        kernel = self.kernel if self.kernel.trainable else tf.stop_gradient(self.kernel)
+        """`kernel * mask`, with the gradient to the scores (straight-through) when they are trainable.
+
+        A kernel supplied with `supplied_kernels` stands in for the layer's own (e.g. a SavedModel's variable).
+        """
+        kernel = _supplied_kernels.value_for(self)
+        if kernel is None:
+            kernel = self.kernel if self.kernel.trainable else tf.stop_gradient(self.kernel)
         mask = masking.supplied_mask_for(self)
         if mask is None and self.remaining_ratio == 1.0:
             return kernel
@@ -97,6 +102,15 @@ class _MaskedKernelLayer(keras.layers.Layer):
                       weight_init=self.weight_init, seed=list(self.seed), scale_fan=self.scale_fan,
                       train_scores=self._train_scores, train_kernel=self._train_kernel)
         return config
+
+
+_supplied_kernels = masking.SuppliedPerLayer()
+
+
+def supplied_kernels(kernels_by_layer):
+    """Within this block, each masked layer in `kernels_by_layer` (layer -> kernel tensor) uses that kernel in place
+    of its own frozen weights; the mask still applies (supplied, or from the layer's scores)."""
+    return _supplied_kernels.block(kernels_by_layer)
 
 
 _SCORE_STREAM = 1 << 20  # scores draw from a stream far from any layer's weight stream
@@ -182,6 +196,40 @@ def masked_layers(model):
 def current_masks(model):
     """Every masked layer's binary mask, computed once (layers keeping all their weights need none)."""
     return {layer: layer.binary_mask() for layer in masked_layers(model) if layer.remaining_ratio < 1.0}
+
+
+_supplied_statistics = masking.SuppliedPerLayer()
+
+
+def supplied_statistics(statistics_by_layer):
+    """Within this block, each `TicketBatchNormalization` in `statistics_by_layer` (layer -> (mean, variance))
+    normalises with those statistics at inference: every ticket of a mask bank has its own."""
+    return _supplied_statistics.block(statistics_by_layer)
+
+
+@keras.saving.register_keras_serializable(package="rst_tf")
+class TicketBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose inference statistics can be supplied per call with `supplied_statistics`.
+
+    Masks of different remaining ratios over the same weights give different activation statistics, so a network
+    that switches masks (R2S) switches statistics with them. Training mode, and inference without a supplied
+    block, behave exactly as Keras's layer. Supplied statistics need `center=False, scale=False`.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        statistics = _supplied_statistics.value_for(self)
+        if statistics is None or training:
+            return super().call(inputs, training=training, mask=mask)
+        if self.center or self.scale:
+            raise ValueError("supplied statistics need a non-affine BatchNormalization (center=False, scale=False)")
+        mean, variance = (tf.cast(value, inputs.dtype) for value in statistics)
+        return (inputs - mean) * tf.math.rsqrt(variance + self.epsilon)
+
+
+def batch_norm_layers(model):
+    """Every `TicketBatchNormalization` of `model`, in a stable order."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, TicketBatchNormalization)]
 
 
 @keras.saving.register_keras_serializable(package="rst_tf")

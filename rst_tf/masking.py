@@ -126,31 +126,44 @@ def score_mask(scores, remaining_ratio):
     return straight_through_mask(scores, top_k_mask(tf.abs(scores), remaining_ratio))
 
 
-# --- masks supplied from outside a layer (computed once per training step, or picked from a bank) -------------
+# --- values supplied from outside a layer (masks computed once per training step, or a ticket picked from a bank)
 
-_supplied_masks = []
+class SuppliedPerLayer:
+    """A stack of {layer: value} blocks; a layer looks up the value of the innermost block that names it."""
+
+    def __init__(self):
+        self._blocks = []
+
+    @contextlib.contextmanager
+    def block(self, values_by_layer):
+        self._blocks.append({id(layer): value for layer, value in values_by_layer.items()})
+        try:
+            yield
+        finally:
+            self._blocks.pop()
+
+    def value_for(self, layer):
+        for values in reversed(self._blocks):
+            if id(layer) in values:
+                return values[id(layer)]
+        return None
 
 
-@contextlib.contextmanager
+_supplied_masks = SuppliedPerLayer()
+
+
 def supplied_masks(masks_by_layer):
     """Within this block, each masked layer in `masks_by_layer` (a dict layer -> mask tensor) uses that mask.
 
     Layers read it when they are called (traced), so a train step can compute every mask once and reuse it for all
     the forward passes of an attack, and R2S can run one network with a mask picked from a bank.
     """
-    _supplied_masks.append({id(layer): mask for layer, mask in masks_by_layer.items()})
-    try:
-        yield
-    finally:
-        _supplied_masks.pop()
+    return _supplied_masks.block(masks_by_layer)
 
 
 def supplied_mask_for(layer):
     """The mask supplied for `layer` by the innermost `supplied_masks` block, or None."""
-    for masks in reversed(_supplied_masks):
-        if id(layer) in masks:
-            return masks[id(layer)]
-    return None
+    return _supplied_masks.value_for(layer)
 
 
 # --- bit packing -----------------------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ def _config_record(config, network):
     record = dataclasses.asdict(config)
     if config.name == "autoattack":
         record["settings"] = attacks.autoattack_settings(config, _num_classes(network))
+    elif config.name == "autoattack_rand":
+        record["settings"] = attacks.autoattack_rand_settings(config)
     return record
 
 

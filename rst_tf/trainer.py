@@ -3,6 +3,11 @@
 `run(config, output_dir)` is what `bin/search` calls. Everything is seeded from `config.seed`; a run killed at any
 point and started again with `resume=True` continues from its last finished epoch and ends with the same scores as
 an uninterrupted run.
+
+A run can start from another run's weights (`config.init_from`): `finetune` adversarially trains the kernel of a
+found RST under its fixed mask (paper §5.1), starting from the RST's own random kernel (`inherited`) or a fresh one
+(`reinit`); `rst` over a `dense_at` / `natural` run searches a mask in trained weights, a robust trained ticket
+(RTT, §5.2), whose classifier is drawn afresh for another task or when `reinit_classifier` is set (§6.3).
 """
 import dataclasses
 import json
@@ -17,11 +22,23 @@ import tensorflow as tf
 from rst_tf import attacks, data, distribute, evaluate, layers, networks, search
 
 
+FINETUNE_WEIGHTS = ("inherited", "reinit")
+
+_REINIT_STREAM = 0x5EED  # mixes the run's seed into the seed of a reinit fine-tune's fresh kernel
+# The fields that fix a network's layers and masks: a fine-tune must share all of them with its RST.
+_TICKET_FIELDS = ("dataset", "class_subset", "network", "width_multiplier", "remaining_ratio", "sparsity",
+                  "weight_init", "scale_fan", "dense_first_conv", "dense_classifier")
+# An RTT may change the masking and the task, not the trained layers it searches in.
+_TRAINED_NETWORK_FIELDS = ("network", "width_multiplier")
+CLASSIFIER = "classifier"
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Everything that defines a run (the paper's CIFAR defaults)."""
     dataset: str = "cifar10"
     data_dir: str = ""
+    class_subset: tuple = ()  # keep only these classes, relabelled 0..n-1; (): every class
     network: str = "resnet18"
     width_multiplier: float = 1.0
     remaining_ratio: float = 0.05
@@ -31,6 +48,11 @@ class SearchConfig:
     dense_first_conv: bool = False
     dense_classifier: bool = False
     mode: str = "rst"
+    init_from: str = ""  # a run folder: the RST to fine-tune (finetune) or the trained network of an RTT (rst)
+    init_checkpoint: str = "best"  # which checkpoint of init_from: best or last
+    finetune_weights: str = "inherited"  # finetune: the RST's own kernel (inherited) or a fresh one (reinit)
+    reinit_seed: int = -1  # seed of the fresh kernel of a reinit fine-tune; -1: derived from seed
+    reinit_classifier: bool = False  # RTT: draw the classifier afresh even when the classes match
     attack: str = "pgd"
     epsilon: float = 8 / 255
     attack_steps: int = 7
@@ -61,6 +83,15 @@ class SearchConfig:
             ("remaining_ratio", 0.0 < self.remaining_ratio <= 1.0, "in (0, 1]"),
             ("width_multiplier", self.width_multiplier > 0, "positive"),
             ("mode", self.mode in search.MODES, f"one of {search.MODES}"),
+            ("class_subset", len(set(self.class_subset)) == len(self.class_subset)
+             and all(int(c) == c and c >= 0 for c in self.class_subset), "distinct class indices"),
+            ("init_from", self.init_from or self.mode != "finetune", "a run folder with mode finetune"),
+            ("init_from", not self.init_from or self.mode in ("rst", "finetune"),
+             "empty in modes dense_at and natural"),
+            ("init_checkpoint", self.init_checkpoint in ("best", "last"), "best or last"),
+            ("finetune_weights", self.finetune_weights in FINETUNE_WEIGHTS, f"one of {FINETUNE_WEIGHTS}"),
+            ("reinit_classifier", not self.reinit_classifier or (self.init_from and self.mode == "rst"),
+             "False unless an RTT search (mode rst with init_from)"),
             ("strategy", self.strategy in distribute.STRATEGIES, f"one of {distribute.STRATEGIES}"),
             ("epochs", self.epochs >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
@@ -73,6 +104,19 @@ class SearchConfig:
             if not ok:
                 raise ValueError(f"{field} must be {expected}, got {getattr(self, field)!r}")
         self.attack_config().validate()
+
+    def resolved(self):
+        """This config with the derived `reinit_seed` filled in (what config.json records)."""
+        if self.mode == "finetune" and self.finetune_weights == "reinit" and self.reinit_seed < 0:
+            derived = int(np.random.SeedSequence([_REINIT_STREAM, self.seed % 2**32]).generate_state(1)[0] >> 1)
+            return dataclasses.replace(self, reinit_seed=derived)
+        return self
+
+    def weight_seed(self):
+        """Seed of the network's random weights: `reinit_seed` for a reinit fine-tune, else `seed`."""
+        if self.mode == "finetune" and self.finetune_weights == "reinit":
+            return self.resolved().reinit_seed
+        return self.seed
 
     def attack_config(self):
         if self.mode == "natural":
@@ -93,7 +137,7 @@ def load_data(config):
         config.dataset, config.data_dir or None,
         validation_examples=None if config.validation_examples < 0 else config.validation_examples,
         train_examples=config.train_examples or None, test_examples=config.test_examples or None,
-        seed=config.seed)
+        class_subset=config.class_subset or None, seed=config.seed)
 
 
 def build_network(config, num_classes, image_shape):
@@ -102,11 +146,93 @@ def build_network(config, num_classes, image_shape):
     network = networks.build(
         config.network, num_classes=num_classes, input_shape=image_shape, dataset=config.dataset,
         remaining_ratio=1.0 if config.mode in dense_modes else config.remaining_ratio,
-        sparsity=config.sparsity, weight_init=config.weight_init, seed=config.seed,
+        sparsity=config.sparsity, weight_init=config.weight_init, seed=config.weight_seed(),
         scale_fan=config.scale_fan, width_multiplier=config.width_multiplier,
         dense_first_conv=config.dense_first_conv, dense_classifier=config.dense_classifier)
     search.configure_mode(network, config.mode)
     return network
+
+
+def initial_network(config, num_classes, image_shape):
+    """The network a run starts from: `build_network`, then given `config.init_from`'s weights when set.
+
+    finetune: the RST's scores (so its mask) and, when `inherited`, every other weight of it (kernels, BatchNorm
+    statistics); `reinit` keeps the fresh kernel drawn from `reinit_seed`. rst (RTT): the trained network's kernels
+    and BatchNorm statistics with this run's fresh scores; the classifier keeps its fresh kernel when the task
+    (dataset, class subset, number of classes) differs or `reinit_classifier` is set (a transferred RTT). Raises
+    ValueError naming what does not fit.
+    """
+    network = build_network(config, num_classes, image_shape)
+    if not config.init_from:
+        return network
+    check_init_from(config)
+    try:
+        source, source_config = load_run(config.init_from, config.init_checkpoint)
+    except ValueError as error:
+        raise ValueError(f"init_from {error}") from error
+    source_classes = int(source.output_shape[-1])
+    finetune = config.mode == "finetune"
+    if finetune and source_classes != num_classes:
+        raise ValueError(f"init_from {config.init_from} has {source_classes} classes, this run {num_classes}")
+    other_task = (source_config.dataset, source_config.class_subset) != (config.dataset, config.class_subset)
+    fresh_classifier = not finetune and (config.reinit_classifier or other_task or source_classes != num_classes)
+    masked = {id(layer) for layer in layers.masked_layers(network)}
+    for layer, source_layer in _layer_pairs(network, source, config.init_from):
+        if id(layer) not in masked:  # BatchNorm statistics
+            if not finetune or config.finetune_weights == "inherited":
+                _copy_weights(layer.weights, source_layer.weights, config.init_from)
+        elif finetune:
+            _copy_weights([layer.scores], [source_layer.scores], config.init_from)
+            if config.finetune_weights == "inherited":
+                _copy_weights([layer.kernel], [source_layer.kernel], config.init_from)
+        elif not (layer.name == CLASSIFIER and fresh_classifier):
+            _copy_weights([layer.kernel], [source_layer.kernel], config.init_from)
+    return network
+
+
+def check_init_from(config):
+    """Raise ValueError (one line naming init_from) unless `config.init_from` holds a run this run can start from.
+
+    A fine-tune needs an `rst` run with the same network, task and masking; an RTT (`rst`) a `dense_at` or
+    `natural` run of the same network and width.
+    """
+    if not config.init_from:
+        return
+    source_config = read_config(config.init_from, "init_from ")
+    if config.mode == "finetune":
+        wanted, fields = ("rst",), _TICKET_FIELDS
+    else:
+        wanted, fields = ("dense_at", "natural"), _TRAINED_NETWORK_FIELDS
+    if source_config.mode not in wanted:
+        raise ValueError(f"init_from {config.init_from} is a mode {source_config.mode} run; mode {config.mode} "
+                         f"starts from a run of mode {' or '.join(wanted)}")
+    for field in fields:
+        ours, theirs = getattr(config, field), getattr(source_config, field)
+        if ours != theirs:
+            raise ValueError(f"init_from {config.init_from} has {field} {theirs!r}, this run {ours!r}")
+    reinit = config.mode == "finetune" and config.finetune_weights == "reinit"
+    if reinit and config.weight_seed() == source_config.seed:
+        raise ValueError(f"reinit_seed {config.weight_seed()} is the seed of init_from {config.init_from}: "
+                         "the fresh kernel would be its kernel")
+
+
+def _layer_pairs(network, source, source_dir):
+    """(layer, layer of the same name in `source`) for every layer of `network` that holds weights."""
+    source_layers = {layer.name: layer for layer in source.layers}
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in source_layers:
+            raise ValueError(f"init_from {source_dir} has no layer {layer.name}")
+        yield layer, source_layers[layer.name]
+
+
+def _copy_weights(variables, source_variables, source_dir):
+    for variable, source_variable in zip(variables, source_variables, strict=True):
+        if tuple(variable.shape) != tuple(source_variable.shape):
+            raise ValueError(f"init_from {source_dir}: {source_variable.path} has shape "
+                             f"{tuple(source_variable.shape)}, this run's {tuple(variable.shape)}")
+        variable.assign(source_variable)
 
 
 def learning_rate_schedule(config, steps_per_epoch):
@@ -132,7 +258,7 @@ class _Run:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch_size {global_batch} is larger than the {self.splits.num_train} training examples")
         with self.strategy.scope():
-            self.network = build_network(config, self.splits.num_classes, self.splits.image_shape)
+            self.network = initial_network(config, self.splits.num_classes, self.splits.image_shape)
             self.model = search.SearchModel(self.network, config.attack_config(), config.weight_decay,
                                             config.attack_bn_training, config.seed)
             self.optimizer = keras.optimizers.SGD(learning_rate_schedule(config, self.steps_per_epoch),
@@ -211,8 +337,10 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
     `output_dir` that already holds a run when `resume` is False.
     """
     config.validate()
+    config = config.resolved()
     if not resume and os.path.isdir(os.path.join(output_dir, "checkpoints")):
         raise ValueError(f"output_dir {output_dir} already holds a run: pass resume or choose another directory")
+    check_init_from(config)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -269,12 +397,7 @@ def load_run(run_dir, checkpoint="best"):
     """
     if checkpoint not in ("best", "last"):
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{run_dir} holds no search run (no config.json)")
-    values = _read_json(config_path)
-    values["lr_drops"] = tuple(values.get("lr_drops", (0.5, 0.75)))
-    config = SearchConfig(**values)
+    config = read_config(run_dir)
     path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints", checkpoint))
     if checkpoint == "best" and path is None:
         path = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints", "last"))
@@ -284,6 +407,18 @@ def load_run(run_dir, checkpoint="best"):
     network = build_network(config, num_classes, image_shape)
     tf.train.Checkpoint(network=network).restore(path).expect_partial()
     return network, config
+
+
+def read_config(run_dir, prefix=""):
+    """The SearchConfig in `run_dir`/config.json; ValueError (starting with `prefix`) if there is none."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{prefix}{run_dir} holds no search run (no config.json)")
+    values = _read_json(config_path)
+    for field in ("lr_drops", "class_subset"):
+        if field in values:
+            values[field] = tuple(values[field])
+    return SearchConfig(**values)
 
 
 def _data_shape(config, run_dir):

@@ -20,3 +20,11 @@ def cifar10_path():
     if path is None:
         pytest.fail("RST_TF_DATA_DIR must name the unpacked CIFAR-10 copy (train/ and test/ class folders)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bank():
+    """(MaskBank of three tickets over one tiny random ResNet18, their source networks); see ticket_fixtures."""
+    import ticket_fixtures
+
+    return ticket_fixtures.bank()

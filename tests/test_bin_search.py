@@ -76,6 +76,8 @@ def test_killed_run_resumes_to_the_same_scores(tmp_path, cifar10_path, whole_run
     (["--remaining_ratio=0"], "remaining_ratio must be in (0, 1]"),
     (["--data_dir=/no/such/folder"], "/no/such/folder"),
     (["--flagfile=/no/such/flags.cfg"], "/no/such/flags.cfg"),
+    (["--mode=finetune", "--init_from=/no/such/run"], "init_from /no/such/run holds no search run"),
+    (["--class_subset=0,x"], "--class_subset must list class indices"),
 ])
 def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, cifar10_path, bad_args, message):
     output_dir = tmp_path / "out"

@@ -53,7 +53,7 @@ def batch_norm(name=None):
 
     Statistics are synchronised over replicas, so a batch split over devices normalises as on one device.
     """
-    return keras.layers.BatchNormalization(center=False, scale=False, momentum=0.9, epsilon=1e-5, synchronized=True,
+    return layers.TicketBatchNormalization(center=False, scale=False, momentum=0.9, epsilon=1e-5, synchronized=True,
                                            name=name)
 
 

@@ -1,0 +1,130 @@
+"""The compact `.rst` artifact: how to rebuild the random network (name, shape, init method, seed) plus tickets
+(entropy-coded masks and BatchNorm statistics), without a single weight.
+
+Weights are drawn again from the seed with stateless Philox, which gives the same bits on any machine; the file
+holds a SHA-256 of the kernels and `read` refuses a rebuild that differs. Tasks (e.g. two datasets) share the
+network and differ in their classifier head and tickets.
+
+    write("bank.rst", {"cifar10": spec}, tickets)      # spec: see `network_spec`
+    specs, tickets = read("bank.rst")
+    network = build_network(specs["cifar10"])
+"""
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+
+from rst_tf import layers, mask_codec, networks
+from rst_tf.r2s import Ticket
+
+FORMAT = "rst-tf ticket bank"
+VERSION = 1
+_SPEC_FIELDS = ("network", "num_classes", "input_shape", "dataset", "remaining_ratio", "sparsity", "weight_init",
+                "seed", "scale_fan", "width_multiplier", "dense_first_conv", "dense_classifier")
+_OPTIONAL_SPEC_FIELDS = ("class_subset",)  # recorded, so that an evaluation loads the task's classes
+
+
+def network_spec(config, num_classes, input_shape):
+    """What rebuilds a search run's random network: `config` is a dict of search-config fields."""
+    spec = {field: config[field] for field in _SPEC_FIELDS + _OPTIONAL_SPEC_FIELDS if field in config}
+    if "class_subset" in spec:
+        spec["class_subset"] = [int(label) for label in spec["class_subset"]]
+    spec.update(num_classes=int(num_classes), input_shape=[int(d) for d in input_shape])
+    missing = [field for field in _SPEC_FIELDS if field not in spec]
+    if missing:
+        raise ValueError(f"network config lacks {missing}")
+    return spec
+
+
+def build_network(spec):
+    """The random network of `spec` (weights from its seed), built."""
+    network = networks.build(
+        spec["network"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]),
+        dataset=spec["dataset"], remaining_ratio=spec["remaining_ratio"], sparsity=spec["sparsity"],
+        weight_init=spec["weight_init"], seed=spec["seed"], scale_fan=spec["scale_fan"],
+        width_multiplier=spec["width_multiplier"], dense_first_conv=spec["dense_first_conv"],
+        dense_classifier=spec["dense_classifier"])
+    return network
+
+
+def weights_digest(network):
+    """SHA-256 over every masked layer's kernel bits, in layer order."""
+    digest = hashlib.sha256()
+    for layer in layers.masked_layers(network):
+        digest.update(layer.name.encode())
+        digest.update(np.ascontiguousarray(layer.kernel.numpy(), np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def write(path, specs_by_task, tickets, networks_by_task=None):
+    """Write tickets and the specs of their tasks' networks to `path` (atomically).
+
+    Each task's network is rebuilt from its spec and a digest of its weights stored; `networks_by_task`
+    (optional) are the networks the tickets were found on, which must have exactly those weights.
+    """
+    missing = sorted({ticket.task for ticket in tickets} - set(specs_by_task))
+    if missing:
+        raise ValueError(f"tickets of task(s) {missing} have no network spec")
+    header = {"format": FORMAT, "version": VERSION, "tasks": {}, "tickets": []}
+    arrays = {}
+    for task, spec in specs_by_task.items():
+        digest = weights_digest(build_network(spec))
+        found_on = (networks_by_task or {}).get(task)
+        if found_on is not None and weights_digest(found_on) != digest:
+            raise ValueError(f"task {task!r}: its tickets were found on weights that its seed does not rebuild "
+                             "(trained weights, as in an RTT); a .rst file can only hold tickets of random weights")
+        header["tasks"][task] = {"spec": spec, "weights_sha256": digest}
+    for index, ticket in enumerate(tickets):
+        entry = {"name": ticket.name, "task": ticket.task, "remaining_ratio": ticket.remaining_ratio,
+                 "masks": [], "statistics": list(ticket.statistics)}
+        for position, (layer_name, mask) in enumerate(ticket.masks.items()):
+            encoded = mask_codec.encode(mask)
+            entry["masks"].append({"layer": layer_name, "shape": list(mask.shape), "size": encoded.size,
+                                   "symbol": encoded.symbol, "count": encoded.count, "rice_bits": encoded.rice_bits,
+                                   "quotient_bits": encoded.quotient_bits})
+            arrays[f"t{index}_m{position}_q"] = np.frombuffer(encoded.quotients, np.uint8)
+            arrays[f"t{index}_m{position}_r"] = np.frombuffer(encoded.remainders, np.uint8)
+        for position, (mean, variance) in enumerate(ticket.statistics.values()):
+            arrays[f"t{index}_s{position}"] = np.stack([mean, variance]).astype(np.float32)
+        header["tickets"].append(entry)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    temporary = f"{path}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(temporary, path)
+
+
+def read(path, verify=True):
+    """(specs_by_task, tickets) from a `.rst` file. With `verify`, rebuild every task's network from its seed and
+    raise ValueError if its weights differ from the ones the tickets were found on."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        header = json.loads(archive["header"].tobytes().decode())
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path} is not a .rst ticket bank ({error})") from None
+    if header.get("format") != FORMAT or header.get("version") != VERSION:
+        raise ValueError(f"{path} is not a version-{VERSION} .rst ticket bank")
+    specs = {task: value["spec"] for task, value in header["tasks"].items()}
+    if verify:
+        for task, value in header["tasks"].items():
+            if weights_digest(build_network(value["spec"])) != value["weights_sha256"]:
+                raise ValueError(f"{path}: the weights rebuilt from task {task!r}'s seed differ from the ones its "
+                                 "tickets were found on")
+    tickets = []
+    for index, entry in enumerate(header["tickets"]):
+        masks = {}
+        for position, code in enumerate(entry["masks"]):
+            encoded = mask_codec.EncodedMask(
+                size=code["size"], symbol=code["symbol"], count=code["count"], rice_bits=code["rice_bits"],
+                quotient_bits=code["quotient_bits"], quotients=archive[f"t{index}_m{position}_q"].tobytes(),
+                remainders=archive[f"t{index}_m{position}_r"].tobytes())
+            masks[code["layer"]] = mask_codec.decode(encoded, tuple(code["shape"]))
+        statistics = {name: tuple(archive[f"t{index}_s{position}"])
+                      for position, name in enumerate(entry["statistics"])}
+        tickets.append(Ticket(name=entry["name"], remaining_ratio=entry["remaining_ratio"], masks=masks,
+                              statistics=statistics, task=entry["task"]))
+    return specs, tickets

@@ -1,0 +1,76 @@
+"""Near-entropy coding of binary masks: Rice codes of the gaps between the rarer symbol's positions.
+
+A mask keeping a fraction p of its entries costs about H(p) bits per entry (0.29 at p = 5%, 0.88 at 30%) instead of
+the 1 bit of plain bit-packing, so six ResNet18 masks at 5-30% fit in under 5 MB. Encoding and decoding are
+vectorised NumPy: quotients are stored as one unary bit stream and remainders as fixed-width fields.
+"""
+import dataclasses
+
+import numpy as np
+
+_MAX_RICE_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedMask:
+    """One mask: `size` entries, of which `count` equal `symbol`; the rest are the other symbol."""
+    size: int
+    symbol: int
+    count: int
+    rice_bits: int
+    quotient_bits: int
+    quotients: bytes
+    remainders: bytes
+
+    @property
+    def num_bytes(self):
+        return len(self.quotients) + len(self.remainders)
+
+
+def encode(mask):
+    """Encode a {0, 1} (or boolean) array, flattened in C order."""
+    flat = np.asarray(mask).reshape(-1)
+    if not np.all((flat == 0) | (flat == 1)):
+        raise ValueError("encode expects a binary mask of 0s and 1s")
+    flat = flat.astype(bool)
+    ones = int(flat.sum())
+    symbol = 1 if ones <= flat.size - ones else 0
+    positions = np.flatnonzero(flat if symbol else ~flat).astype(np.int64)
+    gaps = np.diff(positions, prepend=-1) - 1
+    rice_bits = _best_rice_bits(gaps)
+    quotients = gaps >> rice_bits
+    unary = np.zeros(int(quotients.sum()) + gaps.size, np.uint8)
+    unary[np.cumsum(quotients + 1) - 1] = 1  # each quotient q is q zeros then a one
+    shifts = np.arange(rice_bits - 1, -1, -1, dtype=np.int64)
+    remainder_bits = ((gaps[:, None] >> shifts) & 1).astype(np.uint8)
+    return EncodedMask(size=int(flat.size), symbol=symbol, count=int(gaps.size), rice_bits=rice_bits,
+                       quotient_bits=int(unary.size), quotients=np.packbits(unary).tobytes(),
+                       remainders=np.packbits(remainder_bits.reshape(-1)).tobytes())
+
+
+def decode(encoded, shape):
+    """The boolean mask of `shape` that `encoded` holds."""
+    if int(np.prod(shape)) != encoded.size:
+        raise ValueError(f"encoded mask holds {encoded.size} entries; shape {tuple(shape)} needs {int(np.prod(shape))}")
+    unary = np.unpackbits(np.frombuffer(encoded.quotients, np.uint8), count=encoded.quotient_bits)
+    ends = np.flatnonzero(unary)
+    if ends.size != encoded.count:
+        raise ValueError(f"corrupt mask code: {ends.size} quotients for {encoded.count} positions")
+    quotients = np.diff(ends, prepend=-1) - 1
+    bits = np.unpackbits(np.frombuffer(encoded.remainders, np.uint8), count=encoded.count * encoded.rice_bits)
+    weights = (1 << np.arange(encoded.rice_bits - 1, -1, -1, dtype=np.int64))
+    remainders = bits.reshape(encoded.count, encoded.rice_bits).astype(np.int64) @ weights
+    gaps = (quotients.astype(np.int64) << encoded.rice_bits) | remainders
+    positions = np.cumsum(gaps + 1) - 1
+    if positions.size and positions[-1] >= encoded.size:
+        raise ValueError("corrupt mask code: a position lies past the end of the mask")
+    flat = np.full(encoded.size, not encoded.symbol, bool)
+    flat[positions] = bool(encoded.symbol)
+    return flat.reshape(shape)
+
+
+def _best_rice_bits(gaps):
+    if gaps.size == 0:
+        return 0
+    costs = [int((gaps >> bits).sum()) + gaps.size * (bits + 1) for bits in range(_MAX_RICE_BITS)]
+    return int(np.argmin(costs))

@@ -1,0 +1,119 @@
+"""One search setting over a list of remaining ratios: a run folder per ratio, then one table of the results.
+
+    summary = sweep.run_sweep(config, [0.01, 0.05, 0.1], "runs/sweep")
+
+Ratio r runs in `OUTPUT_DIR/ratio_<r>` (`ratio_name`). A finished run (its metrics.json has "final") is skipped, a
+killed one continues from its last checkpoint, so running the same sweep again completes it. `{ratio}` in
+`init_from` is replaced by each ratio (`0.05`): `init_from="runs/rst_sweep/ratio_{ratio}"` fine-tunes an RST sweep.
+"""
+import dataclasses
+import json
+import os
+
+from rst_tf import trainer
+
+SWEEP_MODES = ("rst", "finetune")
+RATIO_PLACEHOLDER = "{ratio}"
+# Fields that may differ between a sweep and the runs it finds without changing what they compute.
+_LOCATION_FIELDS = ("data_dir", "strategy")
+
+
+def ratio_name(remaining_ratio):
+    """The run folder of one ratio: `ratio_0.05`."""
+    return f"ratio_{_ratio_text(remaining_ratio)}"
+
+
+def _ratio_text(remaining_ratio):
+    return f"{remaining_ratio:g}"
+
+
+def run_configs(config, remaining_ratios):
+    """[(remaining ratio, its SearchConfig)], each validated; ValueError (one line) for a bad ratio list or setting."""
+    if not remaining_ratios:
+        raise ValueError("remaining_ratios must list at least one ratio")
+    if any(not 0.0 < r <= 1.0 for r in remaining_ratios):
+        raise ValueError(f"remaining_ratios must be in (0, 1], got {list(remaining_ratios)}")
+    if len({_ratio_text(r) for r in remaining_ratios}) != len(remaining_ratios):
+        raise ValueError(f"remaining_ratios must be distinct, got {list(remaining_ratios)}")
+    if config.mode not in SWEEP_MODES:
+        raise ValueError(f"mode must be one of {SWEEP_MODES} for a sweep over remaining ratios, got {config.mode!r}")
+    configs = []
+    for remaining_ratio in remaining_ratios:
+        init_from = config.init_from.replace(RATIO_PLACEHOLDER, _ratio_text(remaining_ratio))
+        run_config = dataclasses.replace(config, remaining_ratio=float(remaining_ratio), init_from=init_from)
+        run_config.validate()
+        configs.append((float(remaining_ratio), run_config.resolved()))
+    return configs
+
+
+def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print):
+    """Run `config` at every ratio in `remaining_ratios` under `output_dir`; write sweep.json and sweep.md.
+
+    Returns the summary written to sweep.json. Raises ValueError before running anything for a bad setting, or
+    when a ratio's folder holds a run of another setting.
+    """
+    configs = run_configs(config, remaining_ratios)
+    for _, run_config in configs:
+        _check_existing_run(run_config, os.path.join(output_dir, ratio_name(run_config.remaining_ratio)))
+        trainer.check_init_from(run_config)
+    for remaining_ratio, run_config in configs:
+        name = ratio_name(remaining_ratio)
+        run_dir = os.path.join(output_dir, name)
+        if "final" in _read_json(os.path.join(run_dir, "metrics.json")):
+            log(f"{name}: finished, skipped")
+            continue
+        started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+        log(f"{name}: {'resuming' if started else 'starting'} in {run_dir}")
+        trainer.run(run_config, run_dir, resume=True, progress=progress,
+                    log=lambda message, name=name: log(f"{name}: {message}"))
+    setting = {field: value for field, value in dataclasses.asdict(config).items() if field != "remaining_ratio"}
+    summary = {"config": setting, "remaining_ratios": [r for r, _ in configs],
+               "runs": [_run_summary(r, os.path.join(output_dir, ratio_name(r))) for r, _ in configs]}
+    with open(os.path.join(output_dir, "sweep.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    with open(os.path.join(output_dir, "sweep.md"), "w") as handle:
+        handle.write(markdown_table(summary, config))
+    return summary
+
+
+def markdown_table(summary, config):
+    """sweep.md: one row per ratio with the best checkpoint's epoch and test accuracy."""
+    attack = f"PGD-{config.eval_attack_steps}"
+    lines = [f"# {config.network} {config.mode} on {config.dataset}: test accuracy of the best checkpoint",
+             "",
+             f"Best: highest validation {attack} accuracy; {attack} at ε {config.epsilon * 255:g}/255.",
+             "",
+             f"| remaining ratio | best epoch | natural | {attack} |",
+             "|---|---|---|---|"]
+    for row in summary["runs"]:
+        lines.append(f"| {_ratio_text(row['remaining_ratio'])} | {row['best_epoch']} | "
+                     f"{row['test_natural_accuracy']:.4f} | {row['test_pgd20_accuracy']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_summary(remaining_ratio, run_dir):
+    final = _read_json(os.path.join(run_dir, "metrics.json"))["final"]
+    best = final["best"]
+    return {"remaining_ratio": remaining_ratio, "run_dir": run_dir, "best_epoch": best["epoch"],
+            "test_natural_accuracy": best["test_natural_accuracy"],
+            "test_pgd20_accuracy": best["test_pgd20_accuracy"], "weights": final["weights"], "last": final["last"]}
+
+
+def _check_existing_run(config, run_dir):
+    """ValueError if `run_dir` holds a run whose config differs from `config` (beyond where it found its data)."""
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        return
+    existing = trainer.read_config(run_dir)
+    for field in dataclasses.fields(config):
+        ours, theirs = getattr(config, field.name), getattr(existing, field.name)
+        if field.name not in _LOCATION_FIELDS and ours != theirs:
+            raise ValueError(f"{run_dir} holds a run with {field.name} {theirs!r}, not {ours!r}: "
+                             "choose another output folder")
+
+
+def _read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {}
