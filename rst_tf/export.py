@@ -9,6 +9,7 @@ A task's other signatures (multi-task banks) are named `<task>` and `<task>_uint
 import os
 import shutil
 
+import numpy as np
 import tensorflow as tf
 
 from rst_tf import layers, masking
@@ -18,7 +19,13 @@ SIGNATURE_UINT8 = "serving_uint8"
 
 
 class _ServingModule(tf.Module):
-    """Variables to save and the functions that use them; `networks` are only traced, never saved."""
+    """Variables to save and the functions that use them; the Keras networks are only traced, never saved.
+
+    Baked (one ticket per task): each layer holds its masked kernel, run as a plain dense network. Otherwise each
+    layer holds its kernel once (shared by tasks where the shapes agree) and a boolean stack of every ticket's mask,
+    BatchNorm layers a stack of statistics; a request gathers one ticket's slices, so the network graph is traced
+    once whatever the number of tickets.
+    """
 
     def __init__(self, bank_by_task, per_sample, bake):
         super().__init__()
@@ -28,63 +35,59 @@ class _ServingModule(tf.Module):
         first = next(iter(bank_by_task.values())).network
         shared = {layer.name: layer for layer in layers.masked_layers(first)}
         self.kernels, self.masks, self.statistics = {}, {}, {}
-        self._kernels_by_layer = {}
+        self._kernel_keys = {}
         for task, bank in bank_by_task.items():
             for layer in layers.masked_layers(bank.network):
-                owner = shared.get(layer.name)
-                if owner is None or tuple(owner.kernel.shape) != tuple(layer.kernel.shape):
-                    owner = layer  # a task's own head
-                key = f"{task}/{layer.name}" if owner is layer and bank.network is not first else layer.name
-                if not bake and key not in self.kernels:
-                    self.kernels[key] = tf.Variable(owner.kernel.numpy(), trainable=False, name=key)
-                self._kernels_by_layer[id(layer)] = key
-            for index, ticket in enumerate(bank.tickets):
-                prefix = f"{task}/{index}"
-                by_layer = {layer.name: layer for layer in layers.masked_layers(bank.network)}
-                for name, mask in ticket.masks.items():
-                    if bake:  # the ticket's effective kernel, as a dense network would hold it
-                        kernel = by_layer[name].kernel.numpy() * tf.cast(mask, tf.float32).numpy()
-                        self.kernels[f"{prefix}/{name}"] = tf.Variable(kernel, trainable=False)
-                    else:
-                        self.masks[f"{prefix}/{name}"] = tf.Variable(mask, trainable=False)
-                for name, (mean, variance) in ticket.statistics.items():
-                    self.statistics[f"{prefix}/{name}"] = (tf.Variable(mean, trainable=False),
-                                                           tf.Variable(variance, trainable=False))
+                if bake:
+                    key, kernel = f"{task}/{layer.name}", layer.kernel.numpy()
+                    if layer.name in bank.tickets[0].masks:
+                        kernel = kernel * bank.tickets[0].masks[layer.name].astype(kernel.dtype)
+                else:
+                    owner = shared.get(layer.name)
+                    if owner is None or tuple(owner.kernel.shape) != tuple(layer.kernel.shape):
+                        owner = layer  # a task's own classifier head
+                    key = layer.name if owner is not layer or bank.network is first else f"{task}/{layer.name}"
+                    kernel = owner.kernel.numpy()
+                    if layer.name in bank.tickets[0].masks:
+                        stack = np.stack([ticket.masks[layer.name] for ticket in bank.tickets])
+                        self.masks[f"{task}/{layer.name}"] = tf.Variable(stack, trainable=False)
+                if key not in self.kernels:
+                    self.kernels[key] = tf.Variable(kernel, trainable=False)
+                self._kernel_keys[id(layer)] = key
+            for layer in layers.batch_norm_layers(bank.network):
+                means, variances = zip(*(ticket.statistics[layer.name] for ticket in bank.tickets))
+                self.statistics[f"{task}/{layer.name}"] = (tf.Variable(np.stack(means), trainable=False),
+                                                          tf.Variable(np.stack(variances), trainable=False))
 
     def ticket_logits(self, task, index, images):
-        bank = self._banks[task]
-        prefix = f"{task}/{index}"
-        masked = layers.masked_layers(bank.network)
+        """Logits of `images` under ticket `index` (an int32 scalar tensor) of `task`."""
+        network = self._banks[task].network
+        masked = layers.masked_layers(network)
+        kernels = {layer: self.kernels[self._kernel_keys[id(layer)]] for layer in masked}
         if self._bake:
-            kernels = {layer: self.kernels[f"{prefix}/{layer.name}"] for layer in masked
-                       if f"{prefix}/{layer.name}" in self.kernels}
-            kernels.update({layer: self.kernels[self._kernels_by_layer[id(layer)]] for layer in masked
-                            if layer not in kernels})
-            masks = {layer: tf.ones([], tf.float32) for layer in masked}
+            masks = {layer: masking.UNMASKED for layer in masked}
         else:
-            kernels = {layer: self.kernels[self._kernels_by_layer[id(layer)]] for layer in masked}
-            masks = {layer: tf.cast(self.masks[f"{prefix}/{layer.name}"], tf.float32) for layer in masked
-                     if f"{prefix}/{layer.name}" in self.masks}
-        statistics = {layer: self.statistics[f"{prefix}/{layer.name}"]
-                      for layer in layers.batch_norm_layers(bank.network)}
+            masks = {layer: tf.cast(tf.gather(self.masks[f"{task}/{layer.name}"], index), tf.float32)
+                     for layer in masked if f"{task}/{layer.name}" in self.masks}
+        statistics = {layer: tuple(tf.gather(stack, index) for stack in self.statistics[f"{task}/{layer.name}"])
+                      for layer in layers.batch_norm_layers(network)}
         with layers.supplied_kernels(kernels), masking.supplied_masks(masks), layers.supplied_statistics(statistics):
-            return bank.network(images, training=False)
+            return network(images, training=False)
 
     def logits(self, task, images):
         count = len(self._banks[task])
-        branches = [lambda part, i=i: self.ticket_logits(task, i, part) for i in range(count)]
         if count == 1:
-            return branches[0](images)
+            return self.ticket_logits(task, tf.constant(0), images)
         if not self._per_sample:
             index = tf.random.uniform([], 0, count, tf.int32)  # unseeded: a fresh draw per request
-            return tf.switch_case(index, [lambda branch=branch: branch(images) for branch in branches])
+            return self.ticket_logits(task, index, images)
         batch = tf.shape(images)[0]
         choice = tf.random.uniform([batch], 0, count, tf.int32)
         parts = tf.dynamic_partition(images, choice, count)
         rows = tf.dynamic_partition(tf.range(batch), choice, count)
         num_classes = self._banks[task].network.output_shape[-1]
-        outputs = [tf.cond(tf.shape(part)[0] > 0, lambda part=part, branch=branch: branch(part),
-                           lambda: tf.zeros([0, num_classes], tf.float32)) for part, branch in zip(parts, branches)]
+        outputs = [tf.cond(tf.shape(part)[0] > 0, lambda part=part, i=i: self.ticket_logits(task, tf.constant(i), part),
+                           lambda: tf.zeros([0, num_classes], tf.float32)) for i, part in enumerate(parts)]
         return tf.dynamic_stitch(rows, outputs)
 
 
@@ -119,9 +122,12 @@ def save(path, bank_by_task, per_sample=False, bake=None):
     With one ticket per task it is that ticket's model; with several, each request (or each sample, with
     `per_sample`) runs under a ticket drawn uniformly inside the graph from an unseeded RNG. `bake` stores each
     ticket's masked kernels as plain weights (the default for a single ticket: fastest); otherwise the kernels are
-    stored once plus boolean masks. The first task gets `serving_default` / `serving_uint8`.
+    stored once plus a boolean stack of masks per layer. The first task gets `serving_default` / `serving_uint8`.
     """
-    bake = all(len(bank) == 1 for bank in bank_by_task.values()) if bake is None else bool(bake)
+    single = all(len(bank) == 1 for bank in bank_by_task.values())
+    bake = single if bake is None else bool(bake)
+    if bake and not single:
+        raise ValueError("bake needs one ticket per task (each ticket's masked weights would be stored)")
     module = _ServingModule(bank_by_task, per_sample, bake)
     signatures = {}
     for position, (task, bank) in enumerate(bank_by_task.items()):

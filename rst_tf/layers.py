@@ -79,7 +79,7 @@ class _MaskedKernelLayer(keras.layers.Layer):
         if kernel is None:
             kernel = self.kernel if self.kernel.trainable else tf.stop_gradient(self.kernel)
         mask = masking.supplied_mask_for(self)
-        if mask is None and self.remaining_ratio == 1.0:
+        if (mask is None and self.remaining_ratio == 1.0) or (isinstance(mask, str) and mask == masking.UNMASKED):
             return kernel
         if mask is None:
             mask = self.binary_mask()

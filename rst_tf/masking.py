@@ -151,6 +151,8 @@ class SuppliedPerLayer:
 
 _supplied_masks = SuppliedPerLayer()
 
+UNMASKED = "unmasked"  # supply it as a layer's mask to run the layer's (supplied) kernel as it is
+
 
 def supplied_masks(masks_by_layer):
     """Within this block, each masked layer in `masks_by_layer` (a dict layer -> mask tensor) uses that mask.

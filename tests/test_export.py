@@ -113,8 +113,8 @@ def test_r2s_model_holds_the_weights_once(exported):
     kernels = [name for name in shapes if "kernels" in name]
     masks = [name for name in shapes if "masks" in name]
     dtypes = reader.get_variable_to_dtype_map()
-    assert len(masks) == 3 * len(kernels)
-    assert all(dtypes[name] == tf.bool for name in masks)
+    assert len(masks) == len(kernels)  # one boolean stack of the three tickets' masks per kernel
+    assert all(dtypes[name] == tf.bool and shapes[name][0] == 3 for name in masks)
 
 
 def test_artifact_round_trips_weights_masks_and_statistics(tiny_bank, tmp_path):
