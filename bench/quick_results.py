@@ -43,6 +43,9 @@ def plot_curves(summary, path):
     return figure
 
 
+LATER_SECTIONS = "## Robustness evaluation"
+
+
 def main(rst_dir, dense_dir):
     rows, summary = [], {}
     for label, run_dir in (("RST (mask search, weights untrained)", rst_dir), ("dense PGD AT baseline", dense_dir)):
@@ -89,8 +92,15 @@ def main(rst_dir, dense_dir):
               "Training minutes are wall time on a shared machine and not a speed comparison (see "
               "docs/performance.md for step times measured side by side)."]
     os.makedirs(common.DOCS, exist_ok=True)
-    with open(os.path.join(common.DOCS, "results.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    path = os.path.join(common.DOCS, "results.md")
+    kept = ""  # sections after the search summary (evaluation, R2S) are kept as they are
+    if os.path.exists(path):
+        with open(path) as handle:
+            text = handle.read()
+        if LATER_SECTIONS in text:
+            kept = "\n" + text[text.index(LATER_SECTIONS):]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n" + kept)
     common.write_results("results", summary)
     print("\n".join(lines))
 

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import artifact, export, layers, networks, r2s  # noqa: E402
+from rst_tf import artifact, export, layers, mask_codec, networks, r2s  # noqa: E402
 
 RATIOS = r2s.DEFAULT_REMAINING_RATIOS
 
@@ -66,7 +66,11 @@ def main():
         r2s_path = export.save(os.path.join(folder, "r2s"), {"cifar10": bank})
         sizes = {"rst_file": os.path.getsize(bank_path), "single_ticket_saved_model": folder_bytes(single_path),
                  "r2s_saved_model": folder_bytes(r2s_path), "dense_fp32_weights": 4 * weights,
-                 "masks_bit_packed": sum((mask.size + 7) // 8 for t in bank.tickets for mask in t.masks.values())}
+                 "masks_bit_packed": sum((mask.size + 7) // 8 for t in bank.tickets for mask in t.masks.values()),
+                 "masks_coded": sum(mask_codec.encode(mask).num_bytes for t in bank.tickets
+                                    for mask in t.masks.values()),
+                 "batch_norm_statistics": sum(mean.nbytes + variance.nbytes for t in bank.tickets
+                                              for mean, variance in t.statistics.values())}
         images = tf.random.stateless_uniform([args.batch, 32, 32, 3], [1, 2])
         single = tf.saved_model.load(single_path).signatures["serving_default"]
         switching = tf.saved_model.load(r2s_path).signatures["serving_default"]

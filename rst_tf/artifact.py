@@ -76,19 +76,30 @@ def write(path, specs_by_task, tickets, networks_by_task=None):
             raise ValueError(f"task {task!r}: its tickets were found on weights that its seed does not rebuild "
                              "(trained weights, as in an RTT); a .rst file can only hold tickets of random weights")
         header["tasks"][task] = {"spec": spec, "weights_sha256": digest}
-    for index, ticket in enumerate(tickets):
+    streams = {"quotients": [], "remainders": [], "statistics": []}  # one blob each: no per-array zip overhead
+    offsets = {name: 0 for name in streams}
+
+    def append(stream, data):
+        streams[stream].append(data)
+        start, offsets[stream] = offsets[stream], offsets[stream] + len(data)
+        return [start, len(data)]
+
+    for ticket in tickets:
         entry = {"name": ticket.name, "task": ticket.task, "remaining_ratio": ticket.remaining_ratio,
-                 "masks": [], "statistics": list(ticket.statistics)}
-        for position, (layer_name, mask) in enumerate(ticket.masks.items()):
+                 "masks": [], "statistics": []}
+        for layer_name, mask in ticket.masks.items():
             encoded = mask_codec.encode(mask)
             entry["masks"].append({"layer": layer_name, "shape": list(mask.shape), "size": encoded.size,
                                    "symbol": encoded.symbol, "count": encoded.count, "rice_bits": encoded.rice_bits,
-                                   "quotient_bits": encoded.quotient_bits})
-            arrays[f"t{index}_m{position}_q"] = np.frombuffer(encoded.quotients, np.uint8)
-            arrays[f"t{index}_m{position}_r"] = np.frombuffer(encoded.remainders, np.uint8)
-        for position, (mean, variance) in enumerate(ticket.statistics.values()):
-            arrays[f"t{index}_s{position}"] = np.stack([mean, variance]).astype(np.float32)
+                                   "quotient_bits": encoded.quotient_bits,
+                                   "quotients": append("quotients", encoded.quotients),
+                                   "remainders": append("remainders", encoded.remainders)})
+        for layer_name, (mean, variance) in ticket.statistics.items():
+            values = np.stack([mean, variance]).astype("<f4")
+            entry["statistics"].append({"layer": layer_name, "shape": list(values.shape),
+                                        "bytes": append("statistics", values.tobytes())})
         header["tickets"].append(entry)
+    arrays.update({name: np.frombuffer(b"".join(parts), np.uint8) for name, parts in streams.items()})
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -114,17 +125,24 @@ def read(path, verify=True):
             if weights_digest(build_network(value["spec"])) != value["weights_sha256"]:
                 raise ValueError(f"{path}: the weights rebuilt from task {task!r}'s seed differ from the ones its "
                                  "tickets were found on")
+    blobs = {name: archive[name].tobytes() for name in ("quotients", "remainders", "statistics")}
+
+    def piece(stream, span):
+        return blobs[stream][span[0]:span[0] + span[1]]
+
     tickets = []
-    for index, entry in enumerate(header["tickets"]):
+    for entry in header["tickets"]:
         masks = {}
-        for position, code in enumerate(entry["masks"]):
+        for code in entry["masks"]:
             encoded = mask_codec.EncodedMask(
                 size=code["size"], symbol=code["symbol"], count=code["count"], rice_bits=code["rice_bits"],
-                quotient_bits=code["quotient_bits"], quotients=archive[f"t{index}_m{position}_q"].tobytes(),
-                remainders=archive[f"t{index}_m{position}_r"].tobytes())
+                quotient_bits=code["quotient_bits"], quotients=piece("quotients", code["quotients"]),
+                remainders=piece("remainders", code["remainders"]))
             masks[code["layer"]] = mask_codec.decode(encoded, tuple(code["shape"]))
-        statistics = {name: tuple(archive[f"t{index}_s{position}"])
-                      for position, name in enumerate(entry["statistics"])}
+        statistics = {}
+        for record in entry["statistics"]:
+            values = np.frombuffer(piece("statistics", record["bytes"]), "<f4").reshape(record["shape"])
+            statistics[record["layer"]] = (values[0].astype(np.float32), values[1].astype(np.float32))
         tickets.append(Ticket(name=entry["name"], remaining_ratio=entry["remaining_ratio"], masks=masks,
                               statistics=statistics, task=entry["task"]))
     return specs, tickets
