@@ -117,3 +117,68 @@ def accuracy_vs_remaining_ratio(series, path, dense=None, title=None):
     ax.legend(fontsize=8)
     ax.set_title(title or "accuracy vs remaining ratio")
     return _save(figure, path)
+
+
+ZOOM_RATIOS = (0.01, 0.2)  # the paper's zoom-in panels: remaining ratios 1% to 20%
+
+
+def ticket_kinds_vs_remaining_ratio(series, path, dense=None, zoom=ZOOM_RATIOS, title=None):
+    """Robust and natural accuracy of several ticket kinds against the remaining ratio (paper Figs. 1-3, 5).
+
+    `series`: {kind: [{"remaining_ratio", "natural", "robust"}, ...]}; `dense` (optional {"natural", "robust"}): the
+    dense AT baseline. Axes, in order: robust (all ratios), robust zoomed to `zoom` (ratios in [lo, hi]), natural,
+    natural zoomed. On each axes, line i is kind i, labelled with the kind, x data the sorted ratios (those inside
+    the zoom on a zoom panel) and y data the accuracies; the baseline is a dashed horizontal line "dense AT".
+    """
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+    for row, metric in enumerate(("robust", "natural")):
+        for column, zoomed in enumerate((False, True)):
+            ax = axes[row][column]
+            for index, (kind, points) in enumerate(series.items()):
+                points = sorted(points, key=lambda p: p["remaining_ratio"])
+                if zoomed:
+                    points = [p for p in points if zoom[0] <= p["remaining_ratio"] <= zoom[1]]
+                ax.plot([p["remaining_ratio"] for p in points], [p[metric] for p in points], marker="o",
+                        color=f"C{index}", label=kind)
+            if dense is not None:
+                ax.axhline(dense[metric], linestyle="--", color="black", label="dense AT")
+            if zoomed:
+                ax.set_xlim(zoom[0] * 0.9, zoom[1] * 1.05)
+                ax.set_title(f"{metric} accuracy, ratios {zoom[0] * 100:g}-{zoom[1] * 100:g}%")
+            else:
+                ax.set_title(f"{metric} accuracy")
+            ax.set_xlabel("remaining ratio")
+            ax.set_ylabel(f"{metric} accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def robust_accuracy_by_epsilon(series_by_epsilon, path, dense_by_epsilon=None, title=None):
+    """Robust accuracy against the remaining ratio, one axes per perturbation budget (paper Fig. 6).
+
+    `series_by_epsilon`: {epsilon in /255: {kind: [{"remaining_ratio", "robust"}, ...]}}, axes in that order, each
+    titled "epsilon <e>/255"; on each, line i is kind i (label: the kind, x: sorted ratios, y: robust accuracy).
+    `dense_by_epsilon` (optional {epsilon: robust accuracy}): the dense AT baseline, a dashed line "dense AT".
+    """
+    epsilons = list(series_by_epsilon)
+    figure, axes = plt.subplots(1, len(epsilons), figsize=(5.5 * len(epsilons), 4), squeeze=False)
+    for ax, epsilon in zip(axes[0], epsilons):
+        for index, (kind, points) in enumerate(series_by_epsilon[epsilon].items()):
+            points = sorted(points, key=lambda p: p["remaining_ratio"])
+            ax.plot([p["remaining_ratio"] for p in points], [p["robust"] for p in points], marker="o",
+                    color=f"C{index}", label=kind)
+        if dense_by_epsilon is not None and epsilon in dense_by_epsilon:
+            ax.axhline(dense_by_epsilon[epsilon], linestyle="--", color="black", label="dense AT")
+        ax.set_title(f"epsilon {epsilon:g}/255")
+        ax.set_xlabel("remaining ratio")
+        ax.set_ylabel("robust accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -39,3 +39,24 @@ def test_quick_baseline_matches_the_quick_search_but_for_the_mode(monkeypatch):
     rst, dense = configs["cifar10_quick.cfg"], configs["cifar10_quick_dense_at.cfg"]
     assert rst.mode == "rst" and dense.mode == "dense_at"
     assert trainer.dataclasses.replace(dense, mode="rst") == rst
+
+
+REPRODUCE_FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "reproduce", "*.cfg")))
+
+
+@pytest.mark.parametrize("path", REPRODUCE_FLAGFILES, ids=os.path.basename)
+def test_reproduce_flagfile_plans_a_valid_study(path):
+    """bin/reproduce's flagfiles parse with its flags (in their own process) and plan every run."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "reproduce.py"),
+                             f"--flagfile={os.path.relpath(path, ROOT)}", "--dry_run"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    ratios = rows[2][3].removeprefix("ratios=").split(",")
+    if "cpu" in os.path.basename(path):
+        assert len(ratios) >= 4
+    else:
+        assert ratios == ["0.01", "0.02", "0.05", "0.07", "0.1", "0.15", "0.2", "0.3", "0.5", "0.7", "0.9"]
