@@ -93,14 +93,20 @@ def test_batches(spec):
     return list(data.eval_batches(splits.test, FLAGS.batch_size))
 
 
+_KIND_DESCRIPTIONS = {
+    "vanilla": "PGD on a ticket the attacker draws per sample too",
+    "eot": "PGD on the loss averaged over every ticket",
+    "ensemble": "PGD on the mean of every ticket's logits",
+    "autoattack_rand": "AutoAttack's rand version (APGD-CE + APGD-DLR, EOT) on the randomised model",
+}
+
+
 def markdown(report):
     lines = ["# R2S evaluation", "", "Command:", "", "```", report["command"], "```", "",
              f"Attack: L-inf PGD-{report['steps']} at {report['epsilon'] * 255:g}/255 (step "
              f"{report['step_size'] * 255:g}/255, random start), {report['num_examples']} test images per task, "
-             f"seed {report['seed']}. R2S draws a ticket per sample; `vanilla`: the attacker draws one too, "
-             "`eot`: loss averaged over every ticket, `ensemble`: the mean logits attacked, `autoattack_rand`: "
-             f"APGD-CE + APGD-DLR ({FLAGS.rand_steps} iterations, EOT over {FLAGS.eot_draws} draws) on the "
-             "randomised model.", ""]
+             f"seed {report['seed']}. R2S draws a ticket per sample. " + "; ".join(
+                 f"`{kind}`: {_KIND_DESCRIPTIONS[kind]}" for kind in report["adaptive"]) + ".", ""]
     for task, result in report["tasks"].items():
         lines += [f"## {task}", "", "| model | natural | attacked |", "|---|---|---|"]
         for row in result["tickets"]:
