@@ -301,13 +301,6 @@ def _epsilon(result):
     return robustness.epsilon_label(result["norm"], result["epsilon"])
 
 
-def _write_text(path, text):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 _RECORDED_FLAGS = ("run_dir", "checkpoint", "attacks", "epsilons", "l2_epsilons", "steps", "step_size_ratio",
                    "restarts", "bandits_queries", "autoattack_steps", "autoattack_queries", "eot_draws", "cw_l2_steps",
                    "cw_l2_binary_search_steps", "sanity_probes", "reference_epsilon", "num_examples", "batch_size",
@@ -342,8 +335,8 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     for name, draw in figures.items():
         draw(os.path.join(FLAGS.output_dir, name))
-    _write_text(os.path.join(FLAGS.output_dir, "eval.md"), markdown(report))
-    _write_text(os.path.join(FLAGS.output_dir, "eval.json"), json.dumps(report, indent=1, default=_json_default))
+    common.write_text(os.path.join(FLAGS.output_dir, "eval.md"), markdown(report))
+    common.write_text(os.path.join(FLAGS.output_dir, "eval.json"), json.dumps(report, indent=1, default=_json_default))
     for line in report["warnings"]:
         print(line, flush=True)
     print(f"files in {FLAGS.output_dir}", flush=True)

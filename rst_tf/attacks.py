@@ -338,11 +338,11 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         step = FGSM_RS_STEP_RATIO * config.epsilon
         adv = _fgsm_step(model_fn, images, start, labels, step, config.epsilon, np.inf, config)
     elif config.name == "cw_l2":
-        adv = _cw_l2(model_fn, images, labels, config)
+        adv = _cw_l2(_input_gradient_only(model_fn), images, labels, config)
     elif config.name == "bandits":
         adv = _bandits(model_fn, images, labels, config, seed, noise_rows)
     elif config.name == "autoattack":
-        adv = _autoattack(model_fn, images, labels, config)
+        adv = _autoattack(_input_gradient_only(model_fn), images, labels, config)
     elif config.name in _APGD_NAMES:
         adv = _apgd_attack(model_fn, images, labels, config, seed, noise_rows)
     else:
@@ -350,6 +350,28 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         loss_fn = _margin_loss if config.name == "cw_inf" else _cross_entropy_loss
         adv = _pgd_with_restarts(model_fn, images, labels, config, seed, norm, noise_rows, unroll, loss_fn)
     return tf.stop_gradient(adv)
+
+
+def _input_gradient_only(model_fn):
+    """`model_fn` for libraries that take gradients with an eager tape: traced, and differentiable in its input
+    only. An eager tape also watches the model's trainable variables and so computes every convolution's kernel
+    gradient, an op that corrupts memory at small batch sizes in TensorFlow 2.21's CPU (oneDNN) build."""
+    forward = tf.function(model_fn, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def input_vjp(x, upstream):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            logits = model_fn(x)
+        return tape.gradient(logits, x, output_gradients=upstream)
+
+    @tf.custom_gradient
+    def logits(x):
+        def gradient(upstream, variables=None):
+            return input_vjp(x, upstream), [None] * len(variables or [])
+        return forward(x), gradient
+
+    return logits
 
 
 def _as_class_ids(labels):

@@ -21,7 +21,6 @@ class MaskedAttacker:
         self.seed = int(seed)
         self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
         self._logits = tf.function(self._logits_batch, reduce_retracing=True)
-        self._input_gradient = tf.function(self._input_vjp, reduce_retracing=True)
         if attack.name in attacks.EAGER_ONLY_ATTACKS:  # wrappers around libraries that run eagerly only
             self._generate = self._generate_eagerly
         else:
@@ -39,23 +38,8 @@ class MaskedAttacker:
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
             return self.network(images, training=False)
 
-    def _input_vjp(self, images, upstream, masks):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(images)
-            logits = self._logits_batch(images, masks)
-        return tape.gradient(logits, images, output_gradients=upstream)
-
     def _generate_eagerly(self, images, labels, masks, seed):
-        # The library drives its loop and gradient tape eagerly. A tape there would also differentiate the scores
-        # and kernels (trainable variables), computing every convolution's kernel gradient, an op that corrupts
-        # memory at small batch sizes on this CPU build; the model it is given has a traced input-only gradient.
-        @tf.custom_gradient
-        def logits(x):
-            def gradient(upstream, variables=None):
-                return self._input_gradient(x, upstream, masks), [None] * len(variables or [])
-            return self._logits(x, masks), gradient
-
-        return attacks.generate(logits, images, labels, self.attack, seed)
+        return attacks.generate(lambda x: self._logits(x, masks), images, labels, self.attack, seed)
 
     def _predict_batch(self, images, masks):
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):

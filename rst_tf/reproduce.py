@@ -11,7 +11,6 @@ between the RSTs, R2S over them (vanilla and EOT attacks), figures, claims and t
 OUTPUT_DIR/evaluation.json, transfer.json and r2s.json, so running the same call again completes a killed study.
 """
 import dataclasses
-import json
 import os
 import time
 
@@ -24,7 +23,6 @@ KINDS = {"rst": "RST", "finetune_inherited": "fine-tuned RST (inherited)",
 TASK_A, TASK_B = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 LOW_RATIOS = (0.05, 0.2)  # the paper's "5-20%" range of its claims
 CLOSE_POINTS = 3.0  # "close" / "within a few points": robust accuracy within this many points
-_LOCATION_FIELDS = ("data_dir", "strategy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +87,8 @@ def run_step(step, progress=False, log=print):
         sweep.run_sweep(step.config, list(step.remaining_ratios), step.output_dir, progress=progress,
                         log=lambda message: log(f"{step.name}/{message}"))
         return
-    _check_existing_run(step.config, step.output_dir)
-    if "final" in _read_json(os.path.join(step.output_dir, "metrics.json")):
-        log(f"{step.name}: finished, skipped")
-        return
-    log(f"{step.name}: running in {step.output_dir}")
-    trainer.run(step.config, step.output_dir, resume=True, progress=progress,
-                log=lambda message: log(f"{step.name}: {message}"))
+    sweep.check_existing_run(step.config, step.output_dir)
+    sweep.run_or_skip(step.config, step.output_dir, step.name, progress, log)
 
 
 def evaluate_runs(run_dirs, epsilons, cache_path, data_dir="", batch_size=200, seed=0, log=print):
@@ -103,7 +96,7 @@ def evaluate_runs(run_dirs, epsilons, cache_path, data_dir="", batch_size=200, s
     checkpoint on its test subset: {run_dir: {"natural", "robust": {"<ε>": accuracy}}}, cached in `cache_path`."""
     from rst_tf import robustness
 
-    cache = _read_json(cache_path)
+    cache = trainer.read_json(cache_path)
     batches_by_task = {}
     for run_dir in run_dirs:
         wanted = [f"{e:g}" for e in epsilons]
@@ -118,7 +111,7 @@ def evaluate_runs(run_dirs, epsilons, cache_path, data_dir="", batch_size=200, s
                           "num_examples": result["natural"]["num_examples"]}
         log(f"evaluated {run_dir}: natural {cache[run_dir]['natural']:.4f}, " + ", ".join(
             f"ε {key} {value:.4f}" for key, value in cache[run_dir]["robust"].items()))
-        _write_json(cache_path, cache)
+        trainer.write_json(cache_path, cache)
     return {run_dir: cache[run_dir] for run_dir in run_dirs}
 
 
@@ -126,7 +119,7 @@ def transfer_between(run_dirs, names, epsilon, steps, cache_path, data_dir="", b
     """`robustness.transfer_matrix` between the runs' best checkpoints (PGD-`steps` at ε/255), cached."""
     from rst_tf import robustness
 
-    cached = _read_json(cache_path)
+    cached = trainer.read_json(cache_path)
     attack = _pgd(steps, epsilon / 255)
     if cached.get("names") == list(names) and cached.get("attack") == dataclasses.asdict(attack):
         return cached
@@ -135,7 +128,7 @@ def transfer_between(run_dirs, names, epsilon, steps, cache_path, data_dir="", b
         networks[name], config = trainer.load_run(run_dir, "best")
     batches = _test_batches(config, data_dir, batch_size, {})
     result = robustness.transfer_matrix(networks, batches, attack, seed=seed)
-    _write_json(cache_path, result)
+    trainer.write_json(cache_path, result)
     return result
 
 
@@ -143,7 +136,7 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, adaptive=("vanilla", "eot"), da
     """R2S over the runs' tickets (`tickets.from_runs`, `r2s.BankEvaluation`): its single task's report, cached."""
     from rst_tf import r2s, tickets
 
-    cached = _read_json(cache_path)
+    cached = trainer.read_json(cache_path)
     attack = _pgd(steps, epsilon / 255)
     if (cached.get("run_dirs") == list(run_dirs) and cached.get("attack") == dataclasses.asdict(attack)
             and all(kind in cached["r2s"] for kind in adaptive)):
@@ -154,7 +147,7 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, adaptive=("vanilla", "eot"), da
     batches = _test_batches(config, data_dir, batch_size, {})
     report = r2s.BankEvaluation(bank, attack, seed).run(batches, list(adaptive))
     report.update(run_dirs=list(run_dirs), task=task, attack=dataclasses.asdict(attack))
-    _write_json(cache_path, report)
+    trainer.write_json(cache_path, report)
     return report
 
 
@@ -345,9 +338,9 @@ def run(config, remaining_ratios, output_dir, report_path, epsilons=(8, 12, 16),
     figure_folder = stem + "_figures"
     figure_files = write_figures(figures_data, figure_folder, epsilons)
     relative = os.path.relpath(figure_folder, os.path.dirname(os.path.abspath(report_path)) or ".")
-    timing = _read_json(os.path.join(output_dir, "wall_time.json"))
+    timing = trainer.read_json(os.path.join(output_dir, "wall_time.json"))
     wall_seconds = timing.get("seconds", 0.0) + time.time() - began
-    _write_json(os.path.join(output_dir, "wall_time.json"), {"seconds": wall_seconds})
+    trainer.write_json(os.path.join(output_dir, "wall_time.json"), {"seconds": wall_seconds})
     scale = scale_of(config, remaining_ratios, epsilons)
     text = markdown_report(command, scale, wall_seconds, figures_data, claim_rows,
                            {name: os.path.join(relative, f) for name, f in figure_files.items()}, epsilons)
@@ -355,7 +348,7 @@ def run(config, remaining_ratios, output_dir, report_path, epsilons=(8, 12, 16),
     _write_text(report_path, text)
     results = {"command": command, "scale": scale, "wall_seconds": wall_seconds, "figures": figures_data,
                "claims": claim_rows, "runs": {step.name: step.run_dirs() for step in steps}}
-    _write_json(stem + ".json", results)
+    trainer.write_json(stem + ".json", results)
     return results
 
 
@@ -386,33 +379,9 @@ def _test_batches(config, data_dir, batch_size, cache):
     return cache[key]
 
 
-def _check_existing_run(config, run_dir):
-    """ValueError if `run_dir` holds a run of another setting (where it found its data aside)."""
-    if not os.path.isfile(os.path.join(run_dir, "config.json")):
-        return
-    existing = trainer.read_config(run_dir)
-    expected = config.resolved()
-    for field in dataclasses.fields(expected):
-        ours, theirs = getattr(expected, field.name), getattr(existing, field.name)
-        if field.name not in _LOCATION_FIELDS and ours != theirs:
-            raise ValueError(f"{run_dir} holds a run with {field.name} {theirs!r}, not {ours!r}: "
-                             "choose another output folder")
-
-
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return {}
-
-
 def _write_text(path, text):
     temporary = path + ".tmp"
     with open(temporary, "w") as handle:
         handle.write(text)
     os.replace(temporary, path)
 
-
-def _write_json(path, value):
-    _write_text(path, json.dumps(value, indent=1))

@@ -54,18 +54,11 @@ def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print):
     """
     configs = run_configs(config, remaining_ratios)
     for _, run_config in configs:
-        _check_existing_run(run_config, os.path.join(output_dir, ratio_name(run_config.remaining_ratio)))
+        check_existing_run(run_config, os.path.join(output_dir, ratio_name(run_config.remaining_ratio)))
         trainer.check_init_from(run_config)
     for remaining_ratio, run_config in configs:
         name = ratio_name(remaining_ratio)
-        run_dir = os.path.join(output_dir, name)
-        if "final" in _read_json(os.path.join(run_dir, "metrics.json")):
-            log(f"{name}: finished, skipped")
-            continue
-        started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-        log(f"{name}: {'resuming' if started else 'starting'} in {run_dir}")
-        trainer.run(run_config, run_dir, resume=True, progress=progress,
-                    log=lambda message, name=name: log(f"{name}: {message}"))
+        run_or_skip(run_config, os.path.join(output_dir, name), name, progress, log)
     setting = {field: value for field, value in dataclasses.asdict(config).items() if field != "remaining_ratio"}
     summary = {"config": setting, "remaining_ratios": [r for r, _ in configs],
                "runs": [_run_summary(r, os.path.join(output_dir, ratio_name(r))) for r, _ in configs]}
@@ -92,17 +85,18 @@ def markdown_table(summary, config):
 
 
 def _run_summary(remaining_ratio, run_dir):
-    final = _read_json(os.path.join(run_dir, "metrics.json"))["final"]
+    final = trainer.read_json(os.path.join(run_dir, "metrics.json"))["final"]
     best = final["best"]
     return {"remaining_ratio": remaining_ratio, "run_dir": run_dir, "best_epoch": best["epoch"],
             "test_natural_accuracy": best["test_natural_accuracy"],
             "test_pgd20_accuracy": best["test_pgd20_accuracy"], "weights": final["weights"], "last": final["last"]}
 
 
-def _check_existing_run(config, run_dir):
+def check_existing_run(config, run_dir):
     """ValueError if `run_dir` holds a run whose config differs from `config` (beyond where it found its data)."""
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         return
+    config = config.resolved()
     existing = trainer.read_config(run_dir)
     for field in dataclasses.fields(config):
         ours, theirs = getattr(config, field.name), getattr(existing, field.name)
@@ -111,9 +105,11 @@ def _check_existing_run(config, run_dir):
                              "choose another output folder")
 
 
-def _read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return {}
+def run_or_skip(config, run_dir, name, progress=False, log=print):
+    """Skip a finished run in `run_dir`, continue a killed one, or start it (see `check_existing_run` first)."""
+    if "final" in trainer.read_json(os.path.join(run_dir, "metrics.json")):
+        log(f"{name}: finished, skipped")
+        return
+    started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+    log(f"{name}: {'resuming' if started else 'starting'} in {run_dir}")
+    trainer.run(config, run_dir, resume=True, progress=progress, log=lambda message: log(f"{name}: {message}"))

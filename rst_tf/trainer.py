@@ -287,7 +287,7 @@ class _Run:
     def restore(self):
         if self.last.latest_checkpoint:
             self.checkpoint.restore(self.last.latest_checkpoint).assert_existing_objects_matched()
-            self.history = _read_json(os.path.join(self.output_dir, "metrics.json")).get("epochs", [])
+            self.history = read_json(os.path.join(self.output_dir, "metrics.json")).get("epochs", [])
             self.history = [row for row in self.history if row["epoch"] <= int(self.epoch.numpy())]
 
     def train_epoch(self, epoch):
@@ -349,7 +349,7 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
     state = _Run(config, output_dir, progress)  # loads data and builds everything before writing anything
     if state.writes:
         os.makedirs(output_dir, exist_ok=True)
-        _write_json(os.path.join(output_dir, "config.json"), dataclasses.asdict(config))
+        write_json(os.path.join(output_dir, "config.json"), dataclasses.asdict(config))
     if resume:
         state.restore()
     start = int(state.epoch.numpy())
@@ -372,7 +372,7 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
                 for name, value in row.items():
                     if name != "epoch" and isinstance(value, float) and math.isfinite(value):
                         tf.summary.scalar(name, value)
-            _write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
+            write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
                                                                     "epochs": state.history})
         state.epoch.assign(epoch + 1)
         if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
@@ -385,7 +385,7 @@ def run(config, output_dir, resume=False, progress=True, log=_log):
              "best": state.test_report(state.best.latest_checkpoint or state.last.latest_checkpoint),
              "last": state.test_report(state.last.latest_checkpoint)}
     if state.writes:
-        _write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
+        write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
                                                                 "epochs": state.history, "final": final})
     return {"epochs": state.history, "final": final}
 
@@ -414,7 +414,7 @@ def read_config(run_dir, prefix=""):
     config_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(config_path):
         raise ValueError(f"{prefix}{run_dir} holds no search run (no config.json)")
-    values = _read_json(config_path)
+    values = read_json(config_path)
     for field in ("lr_drops", "class_subset"):
         if field in values:
             values[field] = tuple(values[field])
@@ -422,7 +422,7 @@ def read_config(run_dir, prefix=""):
 
 
 def _data_shape(config, run_dir):
-    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    metrics = read_json(os.path.join(run_dir, "metrics.json"))
     shape = metrics.get("data", {})
     if shape:
         return shape["num_classes"], tuple(shape["image_shape"])
@@ -430,7 +430,7 @@ def _data_shape(config, run_dir):
     return splits.num_classes, tuple(splits.image_shape)
 
 
-def _write_json(path, value):
+def write_json(path, value):
     """Write atomically: a reader never sees half a file."""
     temporary = path + ".tmp"
     with open(temporary, "w") as handle:
@@ -446,7 +446,8 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def _read_json(path):
+def read_json(path):
+    """The JSON value in `path`, or {} if there is no such file."""
     try:
         with open(path) as handle:
             return json.load(handle)

@@ -32,3 +32,13 @@ def train_template_model(test_count):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
     model.fit(train_images, train_labels, epochs=3, batch_size=128, verbose=0)
     return model, test_images, test_labels
+
+
+def logits_fn(model):
+    """The model at inference (BatchNorm with moving statistics), images -> logits."""
+    return lambda images: model(images, training=False)
+
+
+def accuracy(logits_of, images, labels):
+    predictions = np.argmax(np.asarray(logits_of(images)), axis=-1)
+    return float(np.mean(predictions == labels))

@@ -10,6 +10,8 @@ import tensorflow as tf
 from rst_tf import apgd, attacks
 from rst_tf.attacks import AttackConfig
 from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
+from template_model import accuracy as _accuracy
+from template_model import logits_fn as _logits_fn
 
 # At 8/255 PGD and APGD leave about half of the examples, so comparisons between attacks mean something.
 EPSILON = 8 / 255
@@ -23,15 +25,6 @@ def trained():
     model, test_images, test_labels = train_template_model(128)
     assert _accuracy(_logits_fn(model), test_images, test_labels) >= 0.97
     return model, test_images, test_labels
-
-
-def _logits_fn(model):
-    return lambda images: model(images, training=False)
-
-
-def _accuracy(logits_fn, images, labels):
-    predictions = np.argmax(np.asarray(logits_fn(images)), axis=-1)
-    return float(np.mean(predictions == labels))
 
 
 def _config(name, **overrides):
