@@ -25,16 +25,16 @@ from bin import common  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("run_dir", [], "Search run folders (bin/search --output_dir), comma-separated.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of each run to evaluate.")
-flags.DEFINE_list("attacks", ["pgd"], "Attacks: pgd, cw_inf, fgsm, fgsm_rs, bandits, autoattack, apgd_ce, apgd_dlr, "
-                  "autoattack_rand (L-inf budgets from --epsilons); pgd_l2, cw_l2 (L2 budgets from --l2_epsilons).")
+flags.DEFINE_list("attacks", ["pgd"], "Attacks: pgd, cw_inf, fgsm, fgsm_rs, bandits, autoattack, fab_t, apgd_ce, "
+                  "apgd_dlr, autoattack_rand (L-inf budgets from --epsilons); pgd_l2, cw_l2 (L2 budgets from --l2_epsilons).")
 flags.DEFINE_list("epsilons", ["2", "4", "8", "12", "16"], "L-inf budgets in units of 1/255.")
 flags.DEFINE_list("l2_epsilons", ["0.5", "1.71", "2.0"], "L2 budgets (pixels in [0, 1]).")
 flags.DEFINE_integer("steps", 20, "Iterations of pgd, cw_inf and pgd_l2.")
 flags.DEFINE_float("step_size_ratio", 0.25, "Step size of pgd, cw_inf and pgd_l2 as a fraction of epsilon.")
 flags.DEFINE_integer("restarts", 1, "Random restarts of pgd, cw_inf and pgd_l2.")
 flags.DEFINE_integer("bandits_queries", 10_000, "Query budget per example of bandits.")
-flags.DEFINE_integer("autoattack_steps", 100, "APGD iterations of autoattack, autoattack_rand, apgd_ce and apgd_dlr "
-                     "(standard: 100).")
+flags.DEFINE_integer("autoattack_steps", 100, "APGD and FAB iterations of autoattack, fab_t, autoattack_rand, apgd_ce "
+                     "and apgd_dlr (standard: 100).")
 flags.DEFINE_integer("autoattack_queries", 5000, "Square Attack queries of autoattack (standard: 5000).")
 flags.DEFINE_integer("eot_draws", 20, "Model calls averaged per gradient (EOT) by autoattack_rand, apgd_ce and "
                      "apgd_dlr (AutoAttack rand: 20; 1 suffices for a deterministic network).")
@@ -55,7 +55,8 @@ flags.DEFINE_bool("transfer", False, "With two or more runs: transfer PGD betwee
 flags.DEFINE_bool("feature_distance", False, "Relative distance of the last conv features under uniform noise.")
 
 L2_ATTACKS = ("pgd_l2", "cw_l2")
-LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack", "apgd_ce", "apgd_dlr", "autoattack_rand")
+LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack", "fab_t", "apgd_ce", "apgd_dlr",
+                "autoattack_rand")
 LARGE_EPSILON = 64  # /255
 
 
@@ -125,6 +126,8 @@ def attack_configs():
         if name == "autoattack":
             config = attacks.autoattack_config(epsilon)
             return dataclasses.replace(config, steps=FLAGS.autoattack_steps, max_queries=FLAGS.autoattack_queries)
+        if name == "fab_t":
+            return dataclasses.replace(attacks.fab_t_config(epsilon), steps=FLAGS.autoattack_steps)
         if name in ("apgd_ce", "apgd_dlr", "autoattack_rand"):
             config = attacks.autoattack_rand_config(epsilon, eot_draws=FLAGS.eot_draws)
             return dataclasses.replace(config, name=name, steps=FLAGS.autoattack_steps)

@@ -8,12 +8,14 @@ library attacks of cleverhans and the Adversarial Robustness Toolbox (ART).
 cross-entropy and the DLR loss, with EOT over ``eot_draws`` calls of a
 randomised model (`rst_tf.apgd`); ``autoattack_rand`` is AutoAttack's
 ``rand`` version for randomised defences: APGD-CE, then APGD-DLR on the
-examples still classified correctly.
+examples still classified correctly. ``fab_t`` is FAB-T (Croce & Hein
+2020), the targeted minimum-norm attack of standard AutoAttack
+(`rst_tf.fab`).
 Models take images in [clip_min, clip_max] (normally [0, 1]) and return
 logits.
 
-Evaluation-only attacks: ``cw_l2`` and ``autoattack`` run eagerly only (they
-drive Python loops and NumPy code), so call ``generate`` for them outside
+Evaluation-only attacks: ``cw_l2``, ``autoattack`` and ``fab_t`` run eagerly
+only (they drive Python loops, NumPy code or per-target subsets), so call ``generate`` for them outside
 ``tf.function``; inside a traced function ``generate`` raises an error.
 ``bandits`` is gradient-free (forward passes of the model only).
 
@@ -40,7 +42,7 @@ from cleverhans.tf2.utils import clip_eta, optimize_linear
 
 ATTACKS = (
     "none", "fgsm", "fgsm_rs", "pgd", "pgd_l2", "cw_inf", "cw_l2", "bandits", "autoattack",
-    "apgd_ce", "apgd_dlr", "autoattack_rand",
+    "apgd_ce", "apgd_dlr", "autoattack_rand", "fab_t",
 )
 
 # Stateless RNG algorithm; fixed (not "auto_select") so CPU, GPU and XLA agree.
@@ -54,7 +56,7 @@ _PGD_NAMES = ("pgd", "pgd_l2", "cw_inf")
 _RANDOM_START_NAMES = ("fgsm_rs",)
 _APGD_NAMES = ("apgd_ce", "apgd_dlr", "autoattack_rand")
 # Attacks that only run eagerly (Python loops / NumPy inside the library).
-EAGER_ONLY_ATTACKS = ("cw_l2", "autoattack")
+EAGER_ONLY_ATTACKS = ("cw_l2", "autoattack", "fab_t")
 
 # Standard AutoAttack (Croce & Hein 2020) settings.
 AUTOATTACK_STEPS = 100
@@ -94,6 +96,10 @@ class AttackConfig:
     `autoattack_rand_config`): ``epsilon``, ``steps`` the APGD iterations and
     ``eot_draws`` the calls of ``model_fn`` averaged per gradient (EOT). APGD
     always starts uniformly in the epsilon-ball and sets its own step size.
+
+    ``fab_t`` (L-inf, see `fab_t_config`): ``epsilon`` and ``steps`` the
+    iterations per target class (9 targets, no random start, as in standard
+    AutoAttack).
 
     The new fields have defaults, so configs of the older attacks are
     unchanged.
@@ -154,6 +160,9 @@ class AttackConfig:
         if self.name == "autoattack":
             _check_int("steps", self.steps, minimum=1)
             _check_int("max_queries", self.max_queries, minimum=1)
+            return
+        if self.name == "fab_t":
+            _check_int("steps", self.steps, minimum=1)
             return
         if self.name in _APGD_NAMES:
             _check_int("steps", self.steps, minimum=1)
@@ -260,6 +269,13 @@ def autoattack_config(epsilon=8 / 255) -> AttackConfig:
     )
 
 
+def fab_t_config(epsilon=8 / 255) -> AttackConfig:
+    """FAB-T at L-inf radius ``epsilon`` as standard AutoAttack runs it:
+    100 iterations for each of the 9 highest non-true clean logits, one run
+    from the clean image (see `rst_tf.fab`)."""
+    return AttackConfig(name="fab_t", epsilon=epsilon, steps=AUTOATTACK_STEPS, random_start=False)
+
+
 def autoattack_rand_config(epsilon=8 / 255, eot_draws=AUTOATTACK_RAND_EOT_DRAWS) -> AttackConfig:
     """AutoAttack's ``rand`` version at L-inf radius ``epsilon``: APGD-CE and
     APGD-DLR, 100 iterations, one run each, EOT over 20 draws (see
@@ -301,10 +317,11 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         cross-replica synchronisation point (synchronised BatchNorm in training mode under ``tf.distribute``),
         which TensorFlow does not allow inside a loop. Restarts still loop. The APGD attacks always loop.
 
-    ``cw_l2`` and ``autoattack`` run eagerly only: calling them inside
-    ``tf.function`` raises a RuntimeError. ``cw_l2`` is a minimum-norm attack;
+    ``cw_l2``, ``autoattack`` and ``fab_t`` run eagerly only: calling them
+    inside ``tf.function`` raises a RuntimeError. ``cw_l2`` is a minimum-norm attack;
     evaluated "at epsilon", an example keeps the Carlini-Wagner result only if
-    its L2 distance is <= epsilon and otherwise gets its clean image back.
+    its L2 distance is <= epsilon and otherwise gets its clean image back;
+    ``fab_t``, also minimum-norm, follows the same rule in L-inf.
     ``bandits`` calls ``model_fn`` only forward (no gradient), stops per
     example once it is misclassified or has used ``max_queries``.
 
@@ -343,6 +360,8 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
         adv = _bandits(model_fn, images, labels, config, seed, noise_rows)
     elif config.name == "autoattack":
         adv = _autoattack(_input_gradient_only(model_fn), images, labels, config)
+    elif config.name == "fab_t":
+        adv = _fab_t(model_fn, images, labels, config)
     elif config.name in _APGD_NAMES:
         adv = _apgd_attack(model_fn, images, labels, config, seed, noise_rows)
     else:
@@ -727,16 +746,18 @@ def autoattack_settings(config: AttackConfig, num_classes: int) -> dict:
     The schedule is that of standard AutoAttack (Croce & Hein 2020), each
     component run on the examples still classified correctly: APGD-CE,
     APGD-T (targeted DLR loss, the ``min(9, num_classes - 1)`` highest
-    non-true clean logits as targets), then Square Attack. FAB-T is left
-    out because the Adversarial Robustness Toolbox (ART) 1.20.1 has no FAB
-    implementation, so this is a (slightly) weaker attack than the standard
-    AutoAttack; ``"standard_budgets"`` says whether the iteration and query
-    budgets are the standard ones (100 and 5000).
+    non-true clean logits as targets), FAB-T (same targets), then Square
+    Attack. APGD and Square come from the Adversarial Robustness Toolbox
+    (ART); FAB-T, which ART lacks, from `rst_tf.fab`.
+    ``"standard_budgets"`` says whether the iteration and query budgets are
+    the standard ones (100 and 5000).
     """
     config.validate()
     if config.name != "autoattack":
         raise ValueError(f"autoattack_settings needs an autoattack config, got {config.name!r}")
     import art
+
+    from rst_tf import fab
 
     apgd = dict(
         library_class="art.attacks.evasion.AutoProjectedGradientDescent",
@@ -750,7 +771,7 @@ def autoattack_settings(config: AttackConfig, num_classes: int) -> dict:
         "attack": "autoattack",
         "library": "adversarial-robustness-toolbox",
         "library_version": art.__version__,
-        "version": "standard without FAB-T",
+        "version": "standard",
         "norm": "Linf",
         "epsilon": config.epsilon,
         "clip_values": (config.clip_min, config.clip_max),
@@ -764,6 +785,19 @@ def autoattack_settings(config: AttackConfig, num_classes: int) -> dict:
                 **apgd,
             ),
             dict(
+                name="FAB-T",
+                implementation="rst_tf.fab",
+                norm="Linf",
+                eps=config.epsilon,
+                max_iter=config.steps,
+                target_classes=min(fab.STANDARD_TARGET_CLASSES, num_classes - 1),
+                restarts=1,
+                random_start=False,
+                alpha_max=fab.ALPHA_MAX,
+                eta=fab.OVERSHOOT,
+                beta=fab.BACKWARD_STEP,
+            ),
+            dict(
                 name="Square",
                 library_class="art.attacks.evasion.SquareAttack",
                 norm="Linf",
@@ -773,10 +807,9 @@ def autoattack_settings(config: AttackConfig, num_classes: int) -> dict:
                 nb_restarts=1,
             ),
         ],
-        "omitted": {"FAB-T": "not implemented in adversarial-robustness-toolbox 1.20.1"},
         "standard_budgets": config.steps == AUTOATTACK_STEPS and config.max_queries == AUTOATTACK_SQUARE_QUERIES,
         "acceptance": "a component's result replaces an example only if misclassified and within epsilon "
-        "(ART run_attack, relative slack 1e-4); the output is then projected onto the epsilon-ball and the box",
+        "(ART run_attack, relative slack 1e-4, for APGD and Square; FAB-T: L-inf distance <= epsilon); the output is then projected onto the epsilon-ball and the box",
     }
 
 
@@ -800,6 +833,8 @@ def _autoattack(model_fn, images, labels, config):
     from art.attacks.evasion.auto_attack import run_attack
     from art.estimators.classification import TensorFlowV2Classifier
 
+    from rst_tf import fab
+
     x = images.numpy().astype(np.float32)
     y = labels.numpy().astype(np.int64)
     clean_logits = tf.convert_to_tensor(model_fn(images)).numpy()
@@ -815,7 +850,7 @@ def _autoattack(model_fn, images, labels, config):
         clip_values=(float(config.clip_min), float(config.clip_max)),
         preprocessing=None,
     )
-    apgd_ce, apgd_t, square = settings["components"]
+    apgd_ce, apgd_t, fab_t, square = settings["components"]
 
     def apgd(spec):
         return AutoProjectedGradientDescent(
@@ -839,12 +874,30 @@ def _autoattack(model_fn, images, labels, config):
             break
         adv, robust = run(targeted, ranked[:, k])
     if robust.any():
+        remaining = np.flatnonzero(robust)
+        fab_adv, broken = fab.attack(
+            model_fn, x[remaining], y[remaining], config.epsilon, fab_t["max_iter"], fab_t["target_classes"],
+            config.clip_min, config.clip_max,
+        )
+        broken = broken.numpy()
+        adv[remaining[broken]] = fab_adv.numpy()[broken]
+        robust[remaining[broken]] = False
+    if robust.any():
         attack = SquareAttack(
             estimator=classifier, norm=np.inf, eps=square["eps"], max_iter=square["max_iter"],
             p_init=square["p_init"], nb_restarts=square["nb_restarts"], batch_size=batch, verbose=False,
         )
         adv, robust = run(attack, y)
     adv = tf.constant(adv, images.dtype)
+    return _project(images, adv, config.epsilon, np.inf, config)
+
+
+def _fab_t(model_fn, images, labels, config):
+    """``fab_t``: `rst_tf.fab.attack` with the standard AutoAttack targets; unbroken examples keep their image."""
+    from rst_tf import fab
+
+    adv, _ = fab.attack(model_fn, images, labels, config.epsilon, config.steps, fab.STANDARD_TARGET_CLASSES,
+                        config.clip_min, config.clip_max)
     return _project(images, adv, config.epsilon, np.inf, config)
 
 

@@ -177,11 +177,12 @@ def test_cw_l2_keeps_only_results_within_epsilon(trained):
 def test_autoattack_settings_describe_the_schedule():
     settings = attacks.autoattack_settings(attacks.autoattack_config(8 / 255), num_classes=10)
     assert settings["library"] == "adversarial-robustness-toolbox" and settings["library_version"] == "1.20.1"
-    assert [c["name"] for c in settings["components"]] == ["APGD-CE", "APGD-T", "Square"]
-    apgd_ce, apgd_t, square = settings["components"]
-    assert apgd_ce["max_iter"] == apgd_t["max_iter"] == 100 and apgd_t["target_classes"] == 9
+    assert [c["name"] for c in settings["components"]] == ["APGD-CE", "APGD-T", "FAB-T", "Square"]
+    apgd_ce, apgd_t, fab_t, square = settings["components"]
+    assert apgd_ce["max_iter"] == apgd_t["max_iter"] == fab_t["max_iter"] == 100
+    assert apgd_t["target_classes"] == fab_t["target_classes"] == 9 and fab_t["implementation"] == "rst_tf.fab"
     assert square["max_iter"] == 5000 and square["p_init"] == 0.8
-    assert settings["standard_budgets"] and "FAB-T" in settings["omitted"]
+    assert settings["standard_budgets"] and settings["version"] == "standard"
     assert not attacks.autoattack_settings(_config("autoattack"), 4)["standard_budgets"]
 
 
