@@ -11,6 +11,7 @@ between the RSTs, R2S over them (vanilla and EOT attacks), figures, claims and t
 OUTPUT_DIR/evaluation.json, transfer.json and r2s.json, so running the same call again completes a killed study.
 """
 import dataclasses
+import math
 import os
 import time
 
@@ -170,7 +171,9 @@ def figures(steps, evaluation, epsilon, attack_steps, transfer, r2s_report):
         kinds[name] = [point(run_dir, ratio) for ratio, run_dir in zip(step.remaining_ratios, step.run_dirs())]
     task_b = {name: point(by_name[f"task_b_{name}"].run_dirs()[0]) for name in ("rtt", "rst")}
     task_b["remaining_ratio"] = by_name["task_b_rst"].remaining_ratios[0]
-    return {"epsilon": epsilon, "attack_steps": attack_steps, "dense_at": point(by_name["dense_at"].output_dir),
+    dense_dir = by_name["dense_at"].output_dir
+    return {"epsilon": epsilon, "attack_steps": attack_steps, "num_examples": evaluation[dense_dir].get("num_examples"),
+            "dense_at": point(dense_dir),
             "natural_training": point(by_name["natural"].output_dir), "kinds": kinds, "task_b": task_b,
             "transfer": {"names": transfer["names"], "accuracy": transfer["accuracy"]},
             "r2s": dict(r2s_report["r2s"], best_single=r2s_report["best_single"])}
@@ -290,6 +293,7 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "the test subset. The ε " + ", ".join(f"{e:g}" for e in epsilons if e != epsilon) +
              " figures evaluate the same runs (searched and trained at "
              f"{epsilon:g}/255) under larger budgets; the paper's Fig. 6 searches and trains at each ε.", "",
+             *_noise_lines(figures_data),
              "## Claims", "", "| claim | rule | measured | verdict |", "|---|---|---|---|"]
     for row in claim_rows:
         lines.append(f"| {row['claim']} | {row['rule']} | {row['measured']} | {holds_text(row['holds'])} |")
@@ -352,12 +356,31 @@ def run(config, remaining_ratios, output_dir, report_path, epsilons=(8, 12, 16),
     return results
 
 
+def sampling_noise(accuracy, num_examples):
+    """One binomial standard error, in [0, 1], of an accuracy measured on `num_examples` examples."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / num_examples)
+
+
+def _noise_lines(figures_data):
+    """How large a difference between two runs the test subset alone can produce (a paragraph, or nothing)."""
+    count = figures_data.get("num_examples")
+    robust = [p["robust"] for points in figures_data["kinds"].values() for p in points]
+    if not count or not robust:
+        return []
+    typical = _mean(robust)
+    error = sampling_noise(typical, count)
+    return [f"Noise: each accuracy is measured on {count} test images; at a typical robust accuracy of "
+            f"{_points(typical)} one standard error is {100 * error:.1f} points, so two runs differing by less than "
+            f"about {100 * 2 * math.sqrt(2) * error:.1f} points (two standard errors of the difference) are not told "
+            "apart by this test subset, before any seed-to-seed variation (one seed per setting here).", ""]
+
+
 def scale_of(config, remaining_ratios, epsilons):
     """What sets the cost and the meaning of the figures, as readable text per item."""
     return {"network": f"{config.network} width {config.width_multiplier:g}", "dataset": config.dataset,
             "train images": config.train_examples or "all", "validation images": config.validation_examples,
             "test images": config.test_examples or "all", "epochs": config.epochs,
-            "search attack": f"{config.attack}-{config.attack_steps} at {config.epsilon * 255:g}/255",
+            "search attack": f"{config.attack}-{config.attack_steps} at {round(config.epsilon * 255, 2):g}/255",
             "remaining ratios": ", ".join(f"{r:g}" for r in remaining_ratios),
             "evaluation": f"PGD-{config.eval_attack_steps} at " + ", ".join(f"{e:g}" for e in epsilons) + "/255",
             "seed": config.seed}

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from rst_tf import plots, reproduce, trainer
@@ -191,3 +192,20 @@ def test_a_source_folder_holding_another_setting_is_refused(tmp_path):
         json.dump(dataclasses.asdict(other), handle)
     with pytest.raises(ValueError, match="holds a run with epochs 2, not 1"):
         reproduce.run_step(step)
+
+
+def test_report_states_the_sampling_noise_of_its_test_subset():
+    assert reproduce.sampling_noise(0.5, 100) == pytest.approx(0.05)
+    figures = dict(PAPER_LIKE, num_examples=1000)
+    rows = reproduce.claims(figures)
+    config = trainer.SearchConfig(epsilon=0.0313725, epochs=4)
+    scale = reproduce.scale_of(config, RATIOS, [8])
+    assert scale["search attack"].endswith("at 8/255")
+    text = reproduce.markdown_report("cmd", scale, 60, figures, rows, {}, [8])
+    noise = [line for line in text.splitlines() if line.startswith("Noise:")]
+    typical = np.mean([p["robust"] for points in figures["kinds"].values() for p in points])
+    error = np.sqrt(typical * (1 - typical) / 1000)
+    assert len(noise) == 1 and f"one standard error is {100 * error:.1f} points" in noise[0]
+    assert f"about {100 * 2 * np.sqrt(2) * error:.1f} points" in noise[0]
+    # Without a count (older caches) the paragraph is left out rather than guessed.
+    assert "Noise:" not in reproduce.markdown_report("cmd", scale, 60, PAPER_LIKE, rows, {}, [8])
