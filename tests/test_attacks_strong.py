@@ -40,6 +40,8 @@ def _config(name):
         return attacks.bandits_config(EPSILON, max_queries=400, tile_size=1)
     if name == "autoattack":
         return dataclasses.replace(attacks.autoattack_config(EPSILON), steps=10, max_queries=100)
+    if name == "fab_t":
+        return dataclasses.replace(attacks.fab_t_config(EPSILON), steps=10)
     raise AssertionError(name)
 
 
