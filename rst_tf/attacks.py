@@ -809,7 +809,8 @@ def autoattack_settings(config: AttackConfig, num_classes: int) -> dict:
         ],
         "standard_budgets": config.steps == AUTOATTACK_STEPS and config.max_queries == AUTOATTACK_SQUARE_QUERIES,
         "acceptance": "a component's result replaces an example only if misclassified and within epsilon "
-        "(ART run_attack, relative slack 1e-4, for APGD and Square; FAB-T: L-inf distance <= epsilon); the output is then projected onto the epsilon-ball and the box",
+        "(ART run_attack, relative slack 1e-4, for APGD and Square; FAB-T: L-inf distance <= epsilon); "
+        "the output is then projected onto the epsilon-ball and the box",
     }
 
 

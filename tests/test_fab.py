@@ -1,13 +1,12 @@
 """FAB-T (rst_tf.fab): the box-constrained L-inf projection against a linear program, exact distances on a linear
 model, and the attack against the small Keras model of tests/template_model.py."""
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
 from rst_tf import attacks, fab
-from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
+from template_model import train_template_model
 from template_model import accuracy as _accuracy
 from template_model import logits_fn as _logits_fn
 
