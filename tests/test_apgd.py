@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import apgd, attacks
+from rst_tf import attacks
+from rst_tf.attacks import apgd
 from rst_tf.attacks import AttackConfig
 from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
 from template_model import accuracy as _accuracy

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
-from rst_tf import attacks, fab
+from rst_tf import attacks
+from rst_tf.attacks import fab
 from template_model import train_template_model
 from template_model import accuracy as _accuracy
 from template_model import logits_fn as _logits_fn

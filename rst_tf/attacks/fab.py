@@ -16,6 +16,9 @@ Written with plain TensorFlow ops and a ``tf.while_loop``; `targeted_run` runs e
 import numpy as np
 import tensorflow as tf
 
+from rst_tf.attacks import config as config_lib
+from rst_tf.attacks import core
+
 ALPHA_MAX = 0.1
 OVERSHOOT = 1.05
 BACKWARD_STEP = 0.9
@@ -157,3 +160,15 @@ def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD
         adversarial = tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(closest, broken))
         robust = tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool))
     return adversarial, clean_correct & ~robust
+
+
+def _run_fab_t(model_fn, images, labels, config, seed=None, noise_rows=None, unroll=False):
+    """``fab_t``: `attack` with the standard AutoAttack targets; unbroken examples keep their image."""
+    adv, _ = attack(model_fn, images, labels, config.epsilon, config.steps, STANDARD_TARGET_CLASSES,
+                    config.clip_min, config.clip_max)
+    return core.project(images, adv, config.epsilon, np.inf, config.clip_min, config.clip_max)
+
+
+RUNS = {"fab_t": _run_fab_t}
+config_lib.register(("fab_t",), config_lib.Rule(
+    check=lambda config: config_lib.check_int("steps", config.steps, minimum=1), eager_only=True))

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import attacks
+from rst_tf.attacks import config as config_lib
+from rst_tf.attacks import core
 
 LOSSES = ("ce", "dlr")
 MOMENTUM = 0.75
@@ -51,18 +52,18 @@ def dlr_loss(logits, labels):
 def _loss_fn(loss):
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return attacks._cross_entropy_loss if loss == "ce" else dlr_loss
+    return core.cross_entropy_loss if loss == "ce" else dlr_loss
 
 
 def uniform_start(images, seed, epsilon, clip_min=0.0, clip_max=1.0, noise_rows=None):
     """``images`` plus stateless (Philox) noise uniform in the L-inf epsilon-ball, clipped to the box.
-    `noise_rows`: as in `attacks.generate`."""
+    `noise_rows`: as in `core.random_start`."""
     shape = tf.shape(images)
     if noise_rows is not None:
         first_row, global_batch = noise_rows
         shape = tf.concat([tf.reshape(tf.cast(global_batch, tf.int32), [1]), shape[1:]], axis=0)
     noise = tf.random.stateless_uniform(
-        shape, seed, minval=-epsilon, maxval=epsilon, dtype=images.dtype, alg=attacks.RNG_ALG)
+        shape, seed, minval=-epsilon, maxval=epsilon, dtype=images.dtype, alg=core.RNG_ALG)
     if noise_rows is not None:
         noise = noise[tf.cast(first_row, tf.int32):][:tf.shape(images)[0]]
     return tf.clip_by_value(images + noise, clip_min, clip_max)
@@ -70,12 +71,12 @@ def uniform_start(images, seed, epsilon, clip_min=0.0, clip_max=1.0, noise_rows=
 
 def _evaluate(model_fn, x, labels, loss_fn, eot_draws):
     """(loss, input gradient, logits) per example, each averaged over `eot_draws` calls of `model_fn` (rank-3
-    logits are averaged within a call too, see `attacks._per_example_loss`)."""
+    logits are averaged within a call too, see `core.per_example_loss`)."""
 
     def draw():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss, logits = attacks._per_example_loss(model_fn, x, labels, loss_fn)
+            loss, logits = core.per_example_loss(model_fn, x, labels, loss_fn)
             total = tf.reduce_sum(loss)
         return loss, tape.gradient(total, x), logits
 
@@ -122,7 +123,7 @@ def run(model_fn, images, labels, start, epsilon, steps, loss="ce", eot_draws=1,
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
-    labels = attacks._as_class_ids(labels)
+    labels = core.as_class_ids(labels)
     dtype = images.dtype
     start = tf.cast(start, dtype)
     epsilon = tf.cast(epsilon, dtype)
@@ -201,12 +202,12 @@ def apgd(model_fn, images, labels, epsilon, steps, loss="ce", eot_draws=1, seed=
 
     Args:
       model_fn: images -> logits `[batch, classes]`, or `[draws, batch, classes]` (the loss is averaged over the
-        draws, see `attacks._per_example_loss`). It may be random (unseeded ops): each gradient is the mean of
+        draws, see `core.per_example_loss`). It may be random (unseeded ops): each gradient is the mean of
         `eot_draws` gradients, each from its own call.
       images, labels: a batch in [clip_min, clip_max] and its integer class ids `[batch]`.
       epsilon: the L-inf radius; the step size starts at 2 * epsilon and is halved per example at checkpoints.
       seed: shape [2] int seed of the stateless random start (uniform in the epsilon-ball).
-      noise_rows: optional `(first_row, global_batch_size)`, as in `attacks.generate`.
+      noise_rows: optional `(first_row, global_batch_size)`, as in `core.random_start`.
 
     Returns:
       The adversarial images (see `run`), inside the epsilon-ball and the box, with no gradient path.
@@ -215,3 +216,21 @@ def apgd(model_fn, images, labels, epsilon, steps, loss="ce", eot_draws=1, seed=
     start = uniform_start(images, tf.convert_to_tensor(seed), epsilon, clip_min, clip_max, noise_rows)
     adversarial, _ = run(model_fn, images, labels, start, epsilon, steps, loss, eot_draws, clip_min, clip_max)
     return adversarial
+
+
+def _run_one(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
+    """``apgd_ce`` / ``apgd_dlr``: one APGD run from a uniform start drawn from ``seed``."""
+    start = uniform_start(images, seed, config.epsilon, config.clip_min, config.clip_max, noise_rows)
+    adversarial, _ = run(model_fn, images, labels, start, config.epsilon, config.steps,
+                         "ce" if config.name == "apgd_ce" else "dlr", config.eot_draws, config.clip_min,
+                         config.clip_max)
+    return adversarial
+
+
+def check_config(config):
+    config_lib.check_int("steps", config.steps, minimum=1)
+    config_lib.check_int("eot_draws", config.eot_draws, minimum=1)
+
+
+RUNS = {"apgd_ce": _run_one, "apgd_dlr": _run_one}
+config_lib.register(tuple(RUNS), config_lib.Rule(check=check_config, uses_noise=lambda config: True))
