@@ -3,7 +3,8 @@
     python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla]
 
 Both use `SearchModel.replica_step` (one code path) inside tf.function, interleaved on the same batch. Reports
-medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak. Results: docs/search_step.json.
+medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak. Results: docs/search_step.json
+(with --xla: docs/search_step_xla.json).
 """
 import argparse
 import os
@@ -45,7 +46,8 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--xla", action="store_true", help="also time both with jit_compile=True")
+    parser.add_argument("--xla", action="store_true",
+                        help="also time both with jit_compile=True (results in docs/search_step_xla.json)")
     args = parser.parse_args()
     images = tf.random.stateless_uniform([args.batch, 32, 32, 3], seed=[0, 0])
     labels = tf.random.stateless_uniform([args.batch], seed=[0, 1], maxval=10, dtype=tf.int32)
@@ -65,12 +67,14 @@ def main():
         "median_seconds": medians, "samples": samples,
         "rst_over_dense_at": medians["rst"] / medians["dense_at"],
         "step_gflop": step_flops / 1e9,
-        "floor_seconds_at_peak": step_flops / 1e9 / common.CPU_PEAK_GFLOPS,
-        "fraction_of_peak": {name: step_flops / 1e9 / seconds / common.CPU_PEAK_GFLOPS
+        "floor_seconds_at_peak": step_flops / 1e9 / common.cpu_peak_gflops(),
+        "fraction_of_peak": {name: step_flops / 1e9 / seconds / common.cpu_peak_gflops()
                              for name, seconds in medians.items()},
         "machine": common.machine(),
     }
-    print(common.write_results("search_step", results))
+    if args.xla:
+        results["xla_over_plain"] = {mode: medians[f"{mode}_xla"] / medians[mode] for mode in ("rst", "dense_at")}
+    print(common.write_results("search_step_xla" if args.xla else "search_step", results))
     for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "floor_seconds_at_peak", "fraction_of_peak"):
         print(key, results[key])
 

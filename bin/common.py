@@ -3,7 +3,7 @@ import contextlib
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -11,10 +11,13 @@ FLAGS = flags.FLAGS
 def _parse_flags_or_exit(argv):
     """absl's parser, but a bad flag or unreadable flagfile is one line on stderr and exit status 2."""
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
     except flags.Error as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if FLAGS["verbosity"].using_default_value:  # else absl shows INFO logs; --verbosity=0 still does
+        FLAGS.verbosity = logging.WARNING
+    return remaining
 
 
 def run(main):
@@ -55,8 +58,7 @@ def write_flags(output_dir):
 
 
 def write_text(path, text):
-    """Write atomically: a reader never sees half a file."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    """Write atomically: a reader never sees half a file (TensorFlow is imported only now)."""
+    from rst_tf.training import run_dir
+
+    run_dir.write_text(path, text)

@@ -25,11 +25,11 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 def main(argv):
     common.reject_extra_arguments(argv)
     common.require_flags("output_dir")
-    from rst_tf import trainer
+    from rst_tf.training import loop
 
     config = config_from_flags()
     with common.clear_errors():
-        result = trainer.run(config, FLAGS.output_dir, resume=FLAGS.resume, progress=FLAGS.progress)
+        result = loop.run(config, FLAGS.output_dir, resume=FLAGS.resume, progress=FLAGS.progress)
         common.write_flags(FLAGS.output_dir)
     final = result["final"]
     print(f"best (epoch {final['best']['epoch']}): natural {final['best']['test_natural_accuracy']:.4f}, "

@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from rst_tf import image_files
+
 DATASETS = ("cifar10", "cifar100", "imagenet2012")
 
 _IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "imagenet2012": (224, 224, 3)}
@@ -53,6 +55,7 @@ class DataSplits:
     num_validation: int
     num_test: int
     class_names: tuple
+    skipped_files: tuple = ()  # image files left out because they cannot be decoded (`skip_bad_images`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,7 @@ class _EncodedSplits:
     num_validation: int
     num_test: int
     class_names: tuple
+    skipped_files: tuple = ()
 
 
 def load_splits(
@@ -77,6 +81,7 @@ def load_splits(
     test_examples: int | None = None,
     class_subset: Sequence[int] | None = None,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> DataSplits:
     """Loads `dataset` from `data_dir` (see the module docstring) as DataSplits.
 
@@ -87,13 +92,17 @@ def load_splits(
     order. For class folders the held-out and kept images are drawn from a
     permutation seeded by `seed`; a tensorflow-datasets copy is already
     stored in mixed order, and its first training examples are held out.
+
+    Every chosen file of a class-folder copy is decoded once here: one that cannot be decoded (or has the wrong
+    shape) raises ValueError naming it, or with `skip_bad_images` is left out of its split (the split is that much
+    smaller) and listed in `skipped_files`.
     """
     _check_dataset(dataset)
     if validation_examples is None:
         validation_examples = _DEFAULT_VALIDATION_EXAMPLES[dataset]
     sizes = (validation_examples, train_examples, test_examples)
     if data_dir is not None and _is_class_folder_copy(data_dir, dataset):
-        encoded = _class_folder_splits(data_dir, sizes, class_subset, seed)
+        encoded = _class_folder_splits(data_dir, dataset, sizes, class_subset, seed, skip_bad_images)
     else:
         encoded = _tfds_splits(dataset, data_dir, sizes, class_subset)
     cache = dataset != "imagenet2012"
@@ -107,6 +116,7 @@ def load_splits(
         num_validation=encoded.num_validation,
         num_test=encoded.num_test,
         class_names=encoded.class_names,
+        skipped_files=encoded.skipped_files,
     )
 
 
@@ -180,7 +190,7 @@ def _is_class_folder_copy(data_dir, dataset):
     return False
 
 
-def _class_folder_splits(data_dir, sizes, class_subset, seed):
+def _class_folder_splits(data_dir, dataset, sizes, class_subset, seed, skip_bad_images):
     """Splits of a folder of train/ and test/ class folders, chosen before any decoding."""
     train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
     train_files, train_labels, class_names = _list_class_folders(train_dir)
@@ -199,14 +209,17 @@ def _class_folder_splits(data_dir, sizes, class_subset, seed):
         test_indices = np.arange(num_test)
     else:
         test_indices = np.random.default_rng(seed).permutation(len(test_files))[:num_test]
+    chosen = [(train_files[train_indices], train_labels[train_indices]),
+              (train_files[validation_indices], train_labels[validation_indices]),
+              (test_files[test_indices], test_labels[test_indices])]
+    shape = None if dataset == "imagenet2012" else _IMAGE_SHAPES[dataset]
+    bad = image_files.check_decodable(np.concatenate([paths for paths, _ in chosen]), shape, skip_bad_images)
+    train, validation, test = [(paths[~np.isin(paths, bad)], labels[~np.isin(paths, bad)])
+                               for paths, labels in chosen]
     return _EncodedSplits(
-        train=_read_files(train_files[train_indices], train_labels[train_indices]),
-        validation=_read_files(train_files[validation_indices], train_labels[validation_indices]),
-        test=_read_files(test_files[test_indices], test_labels[test_indices]),
-        num_train=num_train,
-        num_validation=num_validation,
-        num_test=num_test,
-        class_names=tuple(class_names[c] for c in kept_classes),
+        train=_read_files(*train), validation=_read_files(*validation), test=_read_files(*test),
+        num_train=len(train[0]), num_validation=len(validation[0]), num_test=len(test[0]),
+        class_names=tuple(class_names[c] for c in kept_classes), skipped_files=tuple(bad),
     )
 
 

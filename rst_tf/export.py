@@ -8,6 +8,7 @@ A task's other signatures (multi-task banks) are named `<task>` and `<task>_uint
 """
 import os
 import shutil
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -18,13 +19,42 @@ SIGNATURE_FLOAT = "serving_default"
 SIGNATURE_UINT8 = "serving_uint8"
 
 
+class _MaskedKernel(tf.saved_model.experimental.TrackableResource):
+    """One ticket's masked kernel, `kernel * masks[ticket]`, held in memory and computed from the saved variables
+    when the SavedModel loads (after they are restored), never per request; the file keeps only the kernel and
+    the boolean masks."""
+
+    def __init__(self, kernel, masks, ticket):
+        super().__init__()
+        self._kernel, self._masks, self._ticket = kernel, masks, int(ticket)
+        self._shared_name = f"masked_kernel_{uuid.uuid4().hex}"
+        self._initialize()
+
+    def _create_resource(self):
+        return tf.raw_ops.VarHandleOp(dtype=self._kernel.dtype, shape=self._kernel.shape,
+                                      shared_name=self._shared_name)
+
+    def _initialize(self):
+        mask = tf.cast(tf.gather(self._masks, self._ticket), self._kernel.dtype)
+        return tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=self._kernel * mask)
+
+
+def _ticket_kernel(per_ticket, index):
+    """Ticket `index`'s masked kernel out of `per_ticket` (a list of `_MaskedKernel`): the drawn ticket's handle is
+    picked, then read, so no kernel is copied or masked per request."""
+    handle = tf.gather(tf.stack([masked.resource_handle for masked in per_ticket]), index)
+    kernel = per_ticket[0]._kernel
+    return tf.ensure_shape(tf.raw_ops.ReadVariableOp(resource=handle, dtype=kernel.dtype), kernel.shape)
+
+
 class _ServingModule(tf.Module):
     """Variables to save and the functions that use them; the Keras networks are only traced, never saved.
 
     Baked (one ticket per task): each layer holds its masked kernel, run as a plain dense network. Otherwise each
     layer holds its kernel once (shared by tasks where the shapes agree) and a boolean stack of every ticket's mask,
-    BatchNorm layers a stack of statistics; a request gathers one ticket's slices, so the network graph is traced
-    once whatever the number of tickets.
+    BatchNorm layers a stack of statistics; every ticket's masked kernels are computed once when the model loads
+    (`_MaskedKernel`), and a request runs the network on the drawn ticket's kernels and slice of the statistics, so
+    the network graph is traced once whatever the number of tickets.
     """
 
     def __init__(self, bank_by_task, per_sample, bake):
@@ -34,7 +64,7 @@ class _ServingModule(tf.Module):
         self._bake = bake
         first = next(iter(bank_by_task.values())).network
         shared = {layer.name: layer for layer in layers.masked_layers(first)}
-        self.kernels, self.masks, self.statistics = {}, {}, {}
+        self.kernels, self.masks, self.statistics, self.masked_kernels = {}, {}, {}, {}
         self._kernel_keys = {}
         for task, bank in bank_by_task.items():
             for layer in layers.masked_layers(bank.network):
@@ -54,30 +84,38 @@ class _ServingModule(tf.Module):
                 if key not in self.kernels:
                     self.kernels[key] = tf.Variable(kernel, trainable=False)
                 self._kernel_keys[id(layer)] = key
+                if not bake and f"{task}/{layer.name}" in self.masks:
+                    self.masked_kernels[f"{task}/{layer.name}"] = [
+                        _MaskedKernel(self.kernels[key], self.masks[f"{task}/{layer.name}"], index)
+                        for index in range(len(bank))]
             for layer in layers.batch_norm_layers(bank.network):
                 means, variances = zip(*(ticket.statistics[layer.name] for ticket in bank.tickets))
                 self.statistics[f"{task}/{layer.name}"] = (tf.Variable(np.stack(means), trainable=False),
                                                           tf.Variable(np.stack(variances), trainable=False))
 
     def ticket_logits(self, task, index, images):
-        """Logits of `images` under ticket `index` (an int32 scalar tensor) of `task`."""
+        """Logits of `images` under ticket `index` (a Python int, or an int32 scalar tensor) of `task`."""
         network = self._banks[task].network
-        masked = layers.masked_layers(network)
-        kernels = {layer: self.kernels[self._kernel_keys[id(layer)]] for layer in masked}
-        if self._bake:
-            masks = {layer: masking.UNMASKED for layer in masked}
-        else:
-            masks = {layer: tf.cast(tf.gather(self.masks[f"{task}/{layer.name}"], index), tf.float32)
-                     for layer in masked if f"{task}/{layer.name}" in self.masks}
+        kernels, masks = {}, {}
+        for layer in layers.masked_layers(network):
+            name = f"{task}/{layer.name}"
+            if self._bake or name not in self.masks:
+                kernels[layer] = self.kernels[self._kernel_keys[id(layer)]]  # baked, or a layer without a mask
+            else:
+                kernels[layer] = _ticket_kernel(self.masked_kernels[name], index)
+            masks[layer] = masking.UNMASKED
         statistics = {layer: tuple(tf.gather(stack, index) for stack in self.statistics[f"{task}/{layer.name}"])
                       for layer in layers.batch_norm_layers(network)}
         with layers.supplied_kernels(kernels), masking.supplied_masks(masks), layers.supplied_statistics(statistics):
             return network(images, training=False)
 
+    def num_classes(self, task):
+        return int(self._banks[task].network.output_shape[-1])
+
     def logits(self, task, images):
         count = len(self._banks[task])
         if count == 1:
-            return self.ticket_logits(task, tf.constant(0), images)
+            return self.ticket_logits(task, 0, images)
         if not self._per_sample:
             index = tf.random.uniform([], 0, count, tf.int32)  # unseeded: a fresh draw per request
             return self.ticket_logits(task, index, images)
@@ -85,8 +123,8 @@ class _ServingModule(tf.Module):
         choice = tf.random.uniform([batch], 0, count, tf.int32)
         parts = tf.dynamic_partition(images, choice, count)
         rows = tf.dynamic_partition(tf.range(batch), choice, count)
-        num_classes = self._banks[task].network.output_shape[-1]
-        outputs = [tf.cond(tf.shape(part)[0] > 0, lambda part=part, i=i: self.ticket_logits(task, tf.constant(i), part),
+        num_classes = self.num_classes(task)
+        outputs = [tf.cond(tf.shape(part)[0] > 0, lambda part=part, i=i: self.ticket_logits(task, i, part),
                            lambda: tf.zeros([0, num_classes], tf.float32)) for i, part in enumerate(parts)]
         return tf.dynamic_stitch(rows, outputs)
 
@@ -99,17 +137,25 @@ def _checked(images):
         return tf.identity(images)
 
 
+def _logits(module, task, images):
+    """The task's float32 logits; an empty batch gives [0, classes] without running the network (whose layers do
+    not all accept one)."""
+    classes = module.num_classes(task)
+    return tf.cond(tf.shape(images)[0] > 0, lambda: tf.cast(module.logits(task, images), tf.float32),
+                   lambda: tf.zeros([0, classes], tf.float32))
+
+
 def _signatures(module, task, image_shape, prefix):
     spec = [None] + [int(d) for d in image_shape]
 
     @tf.function(input_signature=[tf.TensorSpec(spec, tf.float32, name="images")])
     def serve_float(images):
-        logits = tf.cast(module.logits(task, _checked(tf.ensure_shape(images, spec))), tf.float32)
+        logits = _logits(module, task, _checked(tf.ensure_shape(images, spec)))
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     @tf.function(input_signature=[tf.TensorSpec(spec, tf.uint8, name="images")])
     def serve_uint8(images):
-        logits = tf.cast(module.logits(task, tf.cast(tf.ensure_shape(images, spec), tf.float32) / 255.0), tf.float32)
+        logits = _logits(module, task, tf.cast(tf.ensure_shape(images, spec), tf.float32) / 255.0)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     float_name, uint8_name = (SIGNATURE_FLOAT, SIGNATURE_UINT8) if prefix is None else (prefix, f"{prefix}_uint8")

@@ -7,6 +7,7 @@
 
 Only `scores` are trainable by default. A mask supplied with `masking.supplied_masks` replaces the one derived from
 the scores for the duration of the block (one mask computation per training step; R2S mask banks).
+`set_topk_scope(model, "global")` makes the masked layers share one top-k over all their scores.
 """
 import keras
 import tensorflow as tf
@@ -18,7 +19,7 @@ class _MaskedKernelLayer(keras.layers.Layer):
     """Shared state and masking logic of `MaskedConv2D` and `MaskedDense`."""
 
     def __init__(self, remaining_ratio=0.5, sparsity="element", weight_init="signed_kaiming_constant",
-                 seed=(0, 0), scale_fan=False, train_scores=True, train_kernel=False, **kwargs):
+                 seed=(0, 0), scale_fan=False, train_scores=True, train_kernel=False, topk_scope="layer", **kwargs):
         super().__init__(**kwargs)
         masking.check_remaining_ratio(remaining_ratio)
         if sparsity not in masking.SPARSITY_PATTERNS:
@@ -32,9 +33,12 @@ class _MaskedKernelLayer(keras.layers.Layer):
         self.scale_fan = bool(scale_fan)
         self._train_scores = bool(train_scores)
         self._train_kernel = bool(train_kernel)
+        _check_topk_scope(topk_scope)
+        self.topk_scope = topk_scope
+        self._global_top_k = None  # the GlobalTopK this layer belongs to (set by `set_topk_scope`)
 
     def _add_kernel_and_scores(self, kernel_shape):
-        fan_in, _ = initializers.fans(kernel_shape)
+        score_shape = masking.score_shape(kernel_shape, self.sparsity)
         # Both are created trainable so that a gradient tape watches them, whichever part is searched or trained;
         # `set_trainable_parts` then decides what optimizers see and what receives a gradient at all.
         self.kernel = self.add_weight(
@@ -43,10 +47,9 @@ class _MaskedKernelLayer(keras.layers.Layer):
                 self.weight_init, self.seed, self.scale_fan, self.remaining_ratio))
         # Scores stay float32 under mixed precision: the top-k ranks their exact values.
         self.scores = self.add_weight(
-            name="scores", shape=masking.score_shape(kernel_shape, self.sparsity), trainable=True,
-            autocast=False,
-            initializer=initializers.StatelessInitializer(
-                "scores", (self.seed[0], self.seed[1] + _SCORE_STREAM), fan_in=fan_in))
+            name="scores", shape=score_shape, trainable=True, autocast=False,
+            initializer=initializers.score_initializer(
+                score_shape, self.sparsity, (self.seed[0], self.seed[1] + _SCORE_STREAM)))
         self.set_trainable_parts(scores=self._train_scores, kernel=self._train_kernel)
 
     def set_trainable_parts(self, scores, kernel):
@@ -65,10 +68,22 @@ class _MaskedKernelLayer(keras.layers.Layer):
         self.remaining_ratio = float(remaining_ratio)
 
     def binary_mask(self):
-        """The {0, 1} mask the scores select now, in the scores' (group) shape."""
+        """The {0, 1} mask the scores select now, in the scores' (group) shape.
+
+        Under a global top-k this computes every layer's mask of the group (use `current_masks` for all at once).
+        """
         if self.remaining_ratio == 1.0:
             return tf.ones_like(self.scores)
+        if self.topk_scope == "global":
+            return self.global_top_k().masks()[self]
         return masking.top_k_mask(tf.abs(self.scores), self.remaining_ratio)
+
+    def global_top_k(self):
+        """The `GlobalTopK` this layer's mask comes from (topk_scope 'global')."""
+        if self._global_top_k is None:
+            raise ValueError(f"layer {self.name!r} keeps a global top-k: call "
+                             "rst_tf.layers.set_topk_scope(model, 'global') on its model (e.g. after loading it)")
+        return self._global_top_k
 
     def masked_kernel(self):
         """`kernel * mask`, with the gradient to the scores (straight-through) when they are trainable.
@@ -78,6 +93,8 @@ class _MaskedKernelLayer(keras.layers.Layer):
         kernel = _supplied_kernels.value_for(self)
         if kernel is None:
             kernel = self.kernel if self.kernel.trainable else tf.stop_gradient(self.kernel)
+        else:  # not a variable of this layer, so not cast to its compute dtype by Keras (mixed precision)
+            kernel = tf.cast(kernel, self.compute_dtype)
         mask = masking.supplied_mask_for(self)
         if (mask is None and self.remaining_ratio == 1.0) or (isinstance(mask, str) and mask == masking.UNMASKED):
             return kernel
@@ -100,7 +117,8 @@ class _MaskedKernelLayer(keras.layers.Layer):
         config = super().get_config()
         config.update(remaining_ratio=self.remaining_ratio, sparsity=self.sparsity,
                       weight_init=self.weight_init, seed=list(self.seed), scale_fan=self.scale_fan,
-                      train_scores=self._train_scores, train_kernel=self._train_kernel)
+                      train_scores=self._train_scores, train_kernel=self._train_kernel,
+                      topk_scope=self.topk_scope)
         return config
 
 
@@ -187,15 +205,90 @@ class MaskedDense(_MaskedKernelLayer):
         return config
 
 
+def _nested_layers(model):
+    """Every layer of `model` and of the models nested in it, once each, depth first in Keras's `layers` order.
+
+    Uses the public `Model.layers`, so a masked layer held inside a custom (non-Model) layer is not seen.
+    """
+    found, seen, pending = [], set(), list(reversed(model.layers))
+    while pending:  # an explicit stack rather than a generator: AutoGraph cannot convert generators
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            pending.extend(reversed(layer.layers))
+    return found
+
+
 def masked_layers(model):
-    """Every masked layer of `model`, in a stable order (depth first, as Keras lists them)."""
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, _MaskedKernelLayer)]
+    """Every masked layer of `model` (nested models included), in a stable order."""
+    return [layer for layer in _nested_layers(model) if isinstance(layer, _MaskedKernelLayer)]
 
 
 def current_masks(model):
-    """Every masked layer's binary mask, computed once (layers keeping all their weights need none)."""
-    return {layer: layer.binary_mask() for layer in masked_layers(model) if layer.remaining_ratio < 1.0}
+    """Every masked layer's binary mask, computed once (layers keeping all their weights need none); a global top-k
+    runs once for all its layers."""
+    masks = {}
+    for layer in masked_layers(model):
+        if layer.remaining_ratio == 1.0 or layer in masks:
+            continue
+        if layer.topk_scope == "global":
+            masks.update(layer.global_top_k().masks())
+        else:
+            masks[layer] = layer.binary_mask()
+    return masks
+
+
+def kept_fractions(model):
+    """{layer name: fraction of its mask kept} of every masked layer with remaining ratio below 1 (eager)."""
+    return {layer.name: float(tf.reduce_mean(mask)) for layer, mask in current_masks(model).items()}
+
+
+TOPK_SCOPES = ("layer", "global")
+
+
+def _check_topk_scope(scope):
+    if scope not in TOPK_SCOPES:
+        raise ValueError(f"topk_scope must be one of {TOPK_SCOPES}, got {scope!r}")
+
+
+class GlobalTopK:
+    """One top-k over the |scores| of several masked layers of one remaining ratio (element sparsity): together they
+    keep exactly `masking.kept_count(total weights, ratio)`, each layer its own fraction (ties: `masking.
+    global_top_k_masks`, in the layers' order)."""
+
+    def __init__(self, members):
+        if not members:
+            raise ValueError("a global top-k needs at least one masked layer with remaining ratio below 1")
+        for layer in members:
+            if layer.sparsity != "element":
+                raise ValueError(f"topk_scope 'global' needs sparsity 'element' (one score per weight); layer "
+                                 f"{layer.name!r} has {layer.sparsity!r}")
+        self.members = tuple(members)
+
+    def remaining_ratio(self):
+        ratios = sorted({layer.remaining_ratio for layer in self.members})
+        if len(ratios) != 1:
+            raise ValueError(f"a global top-k needs one remaining ratio over its layers, got {ratios}")
+        return ratios[0]
+
+    def masks(self):
+        """{layer: binary float mask} of every member, from one top-k over all their scores."""
+        found = masking.global_top_k_masks([tf.abs(layer.scores) for layer in self.members], self.remaining_ratio())
+        return dict(zip(self.members, found))
+
+
+def set_topk_scope(model, scope):
+    """`layer`: each masked layer keeps its own top-k (the paper's method); `global`: the masked layers with remaining
+    ratio below 1 share one top-k over all their |scores| (`GlobalTopK`). Traced functions must be traced again."""
+    _check_topk_scope(scope)
+    members = [layer for layer in masked_layers(model) if layer.remaining_ratio < 1.0]
+    group = GlobalTopK(members) if scope == "global" else None
+    for layer in members:
+        layer.topk_scope = scope
+        layer._global_top_k = group
 
 
 _supplied_statistics = masking.SuppliedPerLayer()
@@ -228,8 +321,7 @@ class TicketBatchNormalization(keras.layers.BatchNormalization):
 
 def batch_norm_layers(model):
     """Every `TicketBatchNormalization` of `model`, in a stable order."""
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, TicketBatchNormalization)]
+    return [layer for layer in _nested_layers(model) if isinstance(layer, TicketBatchNormalization)]
 
 
 @keras.saving.register_keras_serializable(package="rst_tf")

@@ -1,4 +1,4 @@
-"""Top-k masks over score magnitudes, the straight-through estimator, sparsity patterns and mask bit-packing.
+"""Top-k masks over score magnitudes, the straight-through estimator and sparsity patterns.
 
 A masked layer keeps the `remaining_ratio` fraction of its weights with the largest |score|. The forward value of
 the mask is binary; its gradient with respect to |score| is the identity (straight-through), so the gradient that
@@ -52,8 +52,8 @@ def top_k_mask(magnitudes, remaining_ratio):
     """Binary float mask of `magnitudes`' shape keeping exactly `kept_count(size, remaining_ratio)` largest entries.
 
     `magnitudes` must be non-negative. Ties go to the lower flat index, as `tf.math.top_k` breaks them. Runs in a
-    few linear passes (a two-level radix select on the float bit patterns) rather than a sort: on a 3x3x512x512
-    layer ~30 ms here against ~850 ms for `tf.math.top_k`.
+    few linear passes (a two-level radix select on the float bit patterns) rather than a sort (timings against
+    `tf.math.top_k`: bench/topk.py, docs/performance.md).
     """
     magnitudes = tf.convert_to_tensor(magnitudes, tf.float32)
     total = int(np.prod(magnitudes.shape))
@@ -65,11 +65,33 @@ def top_k_mask(magnitudes, remaining_ratio):
     return tf.reshape(tf.cast(kept, tf.float32), tf.shape(magnitudes))
 
 
-@tf.function(jit_compile=True)
+def global_top_k_masks(magnitudes_list, remaining_ratio):
+    """Binary float masks, one per tensor of `magnitudes_list`, keeping together exactly
+    `kept_count(total size, remaining_ratio)` of the largest entries of all of them: one threshold over every entry
+    (global pruning, as HYDRA), so each tensor keeps its own fraction.
+
+    Entries must be non-negative. Ties go to the lower index in the concatenation of the tensors in list order,
+    each flattened in C order. One top-k over the concatenation (the radix select of `top_k_mask`).
+    """
+    tensors = [tf.convert_to_tensor(magnitudes, tf.float32) for magnitudes in magnitudes_list]
+    if not tensors:
+        raise ValueError("global_top_k_masks needs at least one tensor")
+    sizes = [int(np.prod(tensor.shape)) for tensor in tensors]
+    keep = kept_count(sum(sizes), remaining_ratio)
+    if keep == sum(sizes):
+        return [tf.ones_like(tensor) for tensor in tensors]
+    bits = tf.bitcast(tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], 0), tf.int32)
+    kept = tf.cast(_top_k_flat(bits, tf.constant(keep, tf.int32)), tf.float32)
+    return [tf.reshape(piece, tf.shape(tensor)) for piece, tensor in zip(tf.split(kept, sizes), tensors)]
+
+
+@tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
 def _top_k_flat(bits, keep):
     """Boolean mask of the `keep` largest of non-negative float bit patterns, first index first among ties.
 
-    Always compiled with XLA, which fuses the counting passes: ~6x faster than TensorFlow's kernels on CPU.
+    Always compiled with XLA, which fuses the counting passes into few loops over the data. Traced once for any
+    length (XLA still compiles, and caches, one program per concrete length), so networks with many layer shapes
+    do not retrace it.
     """
     threshold = _kth_largest_bits(bits, keep)
     greater = bits > threshold
@@ -166,22 +188,3 @@ def supplied_masks(masks_by_layer):
 def supplied_mask_for(layer):
     """The mask supplied for `layer` by the innermost `supplied_masks` block, or None."""
     return _supplied_masks.value_for(layer)
-
-
-# --- bit packing -----------------------------------------------------------------------------------------------
-
-def pack_mask(mask):
-    """Pack a binary mask into bytes, 8 entries per byte (C order)."""
-    mask = np.asarray(mask)
-    if not np.all((mask == 0) | (mask == 1)):
-        raise ValueError("pack_mask expects a binary mask of 0s and 1s")
-    return np.packbits(mask.astype(np.uint8).reshape(-1)).tobytes()
-
-
-def unpack_mask(packed, shape):
-    """Inverse of `pack_mask`: a float32 array of `shape`."""
-    size = int(np.prod(shape))
-    packed = np.frombuffer(packed, dtype=np.uint8)
-    if packed.size != (size + 7) // 8:
-        raise ValueError(f"packed mask holds {packed.size} bytes; shape {tuple(shape)} needs {(size + 7) // 8}")
-    return np.unpackbits(packed, count=size).astype(np.float32).reshape(shape)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rst_tf import attacks, layers, masking
+from rst_tf.evaluation import intervals
 
 DEFAULT_REMAINING_RATIOS = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
 
@@ -43,7 +44,7 @@ def ticket_of(network, name, task="default"):
     ratios = sorted({layer.remaining_ratio for layer in masked})
     if len(ratios) != 1:
         raise ValueError(f"ticket {name!r}: masked layers keep different ratios {ratios}")
-    masks = {layer.name: layer.binary_mask().numpy().astype(bool) for layer in masked}
+    masks = {layer.name: mask.numpy().astype(bool) for layer, mask in layers.current_masks(network).items()}
     statistics = {layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
                   for layer in layers.batch_norm_layers(network)}
     return Ticket(name=name, remaining_ratio=ratios[0], masks=masks, statistics=statistics, task=task)
@@ -160,20 +161,29 @@ class MaskBank:
 # --- evaluation (paper §6.2): attacker and defender both draw tickets uniformly from the bank -------------------
 
 ADAPTIVE_ATTACKS = ("vanilla", "eot", "ensemble", "autoattack_rand")
+# Every draw of an evaluation comes from (seed, batch index, purpose): the attack's random start, the defender's
+# ticket per sample, and the attacker's own ticket per sample (vanilla).
+ATTACK_START, DEFENDER_DRAW, ATTACKER_DRAW = 0, 1, 2
+_PURPOSES = 4  # seed slots per batch
 
 
 def _seed(seed, batch_index, purpose):
-    return tf.constant([int(seed), 4 * int(batch_index) + purpose], tf.int64)
+    return tf.constant([int(seed), _PURPOSES * int(batch_index) + purpose], tf.int64)
+
+
+def _accuracy(correct):
+    return float(correct.mean()) if correct.size else float("nan")
 
 
 class BankEvaluation:
     """Accuracy of each ticket alone and of R2S under white-box, EOT and Ensemble attacks, reproducibly seeded.
 
-    R2S rows use a defender that draws one ticket per sample. `vanilla` is the paper's protocol: the attacker runs
-    `attack` against a ticket drawn per sample; `eot` ascends the loss averaged over every ticket (exact
-    expectation over the bank's uniform draw); `ensemble` attacks the mean of every ticket's logits;
-    `autoattack_rand` runs `rand_attack` (default `attacks.autoattack_rand_config` at `attack`'s epsilon) on the
-    randomised model itself, whose draws inside the attack are unseeded (the only unreproducible row).
+    R2S rows use a defender that draws one ticket per sample (the same draw for clean and attacked images).
+    `vanilla` is the paper's protocol: the attacker runs `attack` against a ticket drawn per sample; `eot` ascends
+    the loss averaged over every ticket (exact expectation over the bank's uniform draw); `ensemble` attacks the
+    mean of every ticket's logits; `autoattack_rand` runs `rand_attack` (default `attacks.autoattack_rand_config`
+    at `attack`'s epsilon) on the randomised model itself, whose draws inside the attack are unseeded (the only
+    unreproducible row). An attacked example counts as correct only if its clean image is classified correctly too.
     """
 
     def __init__(self, bank, attack, seed=0, rand_attack=None):
@@ -214,43 +224,71 @@ class BankEvaluation:
                 reduce_retracing=True)
         return self._generators[kind](images, labels, attack_seed, choice)
 
+    def ticket_correct(self, batches, index, attacked=True, natural=None):
+        """A {0, 1} array per example for ticket `index` alone: correct clean, or correct clean and under the
+        white-box attack (`natural`: this ticket's clean result from an earlier call, not computed again)."""
+        index = tf.constant(index, tf.int32)
+        if natural is None:
+            natural = np.concatenate([np.equal(self._ticket_predict(images, index).numpy(), np.asarray(labels))
+                                      for images, labels in batches]).astype(np.int32)
+        if not attacked:
+            return natural
+        correct = []
+        for batch_index, (images, labels) in enumerate(batches):
+            adversarial = self._generate("ticket", images, labels, _seed(self.seed, batch_index, ATTACK_START), index)
+            correct.append(np.equal(self._ticket_predict(adversarial, index).numpy(), np.asarray(labels)))
+        return np.concatenate(correct).astype(np.int32) & natural
+
     def ticket_accuracy(self, batches, index, attacked=True):
         """Accuracy of ticket `index` alone: natural, or under the white-box attack."""
-        correct = []
-        index = tf.constant(index, tf.int32)
-        for batch_index, (images, labels) in enumerate(batches):
-            if attacked:
-                images = self._generate("ticket", images, labels, _seed(self.seed, batch_index, 0), index)
-            predictions = self._ticket_predict(images, index)
-            correct.append(np.equal(predictions.numpy(), np.asarray(labels)))
-        return float(np.concatenate(correct).mean())
+        return _accuracy(self.ticket_correct(batches, index, attacked))
 
-    def r2s_accuracy(self, batches, kind=None):
-        """Accuracy of R2S (a ticket drawn per sample): natural (`kind` None) or under an adaptive attack."""
+    def r2s_correct(self, batches, kind=None, natural=None):
+        """A {0, 1} array per example for R2S (a ticket drawn per sample): correct clean (`kind` None), or correct
+        clean and under an adaptive attack (`natural`: the clean result from an earlier call)."""
+        if natural is None and kind is not None:
+            natural = self.r2s_correct(batches)
         correct = []
         for batch_index, (images, labels) in enumerate(batches):
             if kind is not None:
-                choice = self.bank.random_choice(tf.shape(images)[0], True, _seed(self.seed, batch_index, 2))
-                images = self._generate(kind, images, labels, _seed(self.seed, batch_index, 0), choice)
-            predictions = self._defend(images, _seed(self.seed, batch_index, 1))
+                choice = self.bank.random_choice(tf.shape(images)[0], True,
+                                                 _seed(self.seed, batch_index, ATTACKER_DRAW))
+                images = self._generate(kind, images, labels, _seed(self.seed, batch_index, ATTACK_START), choice)
+            predictions = self._defend(images, _seed(self.seed, batch_index, DEFENDER_DRAW))
             correct.append(np.equal(predictions.numpy(), np.asarray(labels)))
-        return float(np.concatenate(correct).mean())
+        correct = np.concatenate(correct).astype(np.int32)
+        return correct if kind is None else correct & natural
+
+    def r2s_accuracy(self, batches, kind=None):
+        """Accuracy of R2S (a ticket drawn per sample): natural (`kind` None) or under an adaptive attack."""
+        return _accuracy(self.r2s_correct(batches, kind))
 
     def run(self, batches, adaptive=ADAPTIVE_ATTACKS[:3], log=None):
-        """Every ticket's natural and attacked accuracy, then R2S natural and under each of `adaptive`."""
+        """Every ticket's natural and attacked accuracy, then R2S natural and under each of `adaptive`.
+
+        Returns {tickets: [{name, remaining_ratio, natural, attacked, intervals: {natural, attacked}}], r2s: {natural,
+        <kind>...}, r2s_intervals: {natural, <kind>...}, best_single, num_examples}; intervals are 95% Wilson
+        intervals [low, high] for the number of test images.
+        """
         log = log or (lambda line: None)
-        report = {"tickets": [], "r2s": {}}
+        num_examples = sum(int(np.shape(labels)[0]) for _, labels in batches)
+        interval = lambda value: list(intervals.accuracy_interval(value, num_examples))  # noqa: E731
+        report = {"tickets": [], "r2s": {}, "r2s_intervals": {}, "num_examples": num_examples}
         for index, ticket in enumerate(self.bank.tickets):
-            row = {"name": ticket.name, "remaining_ratio": ticket.remaining_ratio,
-                   "natural": self.ticket_accuracy(batches, index, attacked=False),
-                   "attacked": self.ticket_accuracy(batches, index)}
+            natural = self.ticket_correct(batches, index, attacked=False)
+            row = {"name": ticket.name, "remaining_ratio": ticket.remaining_ratio, "natural": _accuracy(natural),
+                   "attacked": _accuracy(self.ticket_correct(batches, index, natural=natural))}
+            row["intervals"] = {"natural": interval(row["natural"]), "attacked": interval(row["attacked"])}
             log(f"ticket {ticket.name}: natural {row['natural']:.4f}, attacked {row['attacked']:.4f}")
             report["tickets"].append(row)
-        report["r2s"]["natural"] = self.r2s_accuracy(batches)
+        natural = self.r2s_correct(batches)
+        report["r2s"]["natural"] = _accuracy(natural)
         log(f"R2S natural {report['r2s']['natural']:.4f}")
         for kind in adaptive:
-            report["r2s"][kind] = self.r2s_accuracy(batches, kind)
+            report["r2s"][kind] = _accuracy(self.r2s_correct(batches, kind, natural))
             log(f"R2S under {kind} {report['r2s'][kind]:.4f}")
+        report["r2s_intervals"] = {kind: interval(value) for kind, value in report["r2s"].items()}
         best = max(report["tickets"], key=lambda row: row["attacked"])
-        report["best_single"] = {"name": best["name"], "natural": best["natural"], "attacked": best["attacked"]}
+        report["best_single"] = {"name": best["name"], "natural": best["natural"], "attacked": best["attacked"],
+                                 "interval": best["intervals"]["attacked"]}
         return report

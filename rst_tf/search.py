@@ -11,7 +11,7 @@ strategies; `distributed_step` runs the same body with `strategy.run` for strate
 import keras
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking
+from rst_tf import attacks, layers, masking, objectives
 
 MODES = ("rst", "dense_at", "natural", "finetune")
 
@@ -40,13 +40,17 @@ class SearchModel(keras.Model):
       weight_decay: coupled L2 on trainable variables (gradient += weight_decay * variable), as PyTorch's SGD.
       attack_bn_training: run BatchNorm in training mode while attacking (the paper's code does).
       seed: seeds the attack's random start together with the step counter and replica id.
+      objective: `objectives.OBJECTIVES`: `pgd_at` (cross-entropy on `attack`'s examples) or `trades` (TRADES's
+        loss on examples of the KL attack at `attack`'s epsilon, steps and step size).
     """
 
-    def __init__(self, network, attack, weight_decay=5e-4, attack_bn_training=True, seed=0, **kwargs):
+    def __init__(self, network, attack, weight_decay=5e-4, attack_bn_training=True, seed=0, objective="pgd_at",
+                 **kwargs):
         super().__init__(**kwargs)
         attack.validate()
         self.network = network
-        self.attack = attack
+        self.objective = objective
+        self.attack = objectives.attack_config(objective, attack)
         self.weight_decay = float(weight_decay)
         self.attack_bn_training = bool(attack_bn_training)
         self.seed = int(seed)
@@ -54,7 +58,11 @@ class SearchModel(keras.Model):
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, images, training=False):
-        return self.network(images, training=training)
+        return self._logits(images, training)
+
+    def _logits(self, images, training):
+        """float32 logits whatever the network computes in (bfloat16 under a mixed-precision policy)."""
+        return tf.cast(self.network(images, training=training), tf.float32)
 
     @property
     def metrics(self):
@@ -72,8 +80,8 @@ class SearchModel(keras.Model):
             adversarial = attacks.generate(self._attack_logits, images, labels, self.attack, self._attack_seed(),
                                            self._noise_rows(images), unroll=self._attack_syncs_replicas())
             with tf.GradientTape() as tape:
-                logits = self.network(adversarial, training=True)
-                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                per_example, logits = objectives.loss_and_logits(
+                    self.objective, lambda x: self._logits(x, training=True), images, adversarial, labels)
                 # Gradients are summed over replicas: average over the global batch, split the penalty.
                 loss = tf.nn.compute_average_loss(per_example)
                 if self.weight_decay:
@@ -86,7 +94,7 @@ class SearchModel(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def _attack_logits(self, images):
-        return self.network(images, training=self.attack_bn_training)
+        return self._logits(images, self.attack_bn_training)
 
     def _attack_seed(self):
         """A stateless seed per (seed, step): a resumed run draws exactly what an uninterrupted one draws."""

@@ -7,10 +7,10 @@ killed one continues from its last checkpoint, so running the same sweep again c
 `init_from` is replaced by each ratio (`0.05`): `init_from="runs/rst_sweep/ratio_{ratio}"` fine-tunes an RST sweep.
 """
 import dataclasses
-import json
 import os
 
-from rst_tf import trainer
+from rst_tf.training import loop, warm_start
+from rst_tf.training import run_dir as run_files
 
 SWEEP_MODES = ("rst", "finetune")
 RATIO_PLACEHOLDER = "{ratio}"
@@ -55,17 +55,15 @@ def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print):
     configs = run_configs(config, remaining_ratios)
     for _, run_config in configs:
         check_existing_run(run_config, os.path.join(output_dir, ratio_name(run_config.remaining_ratio)))
-        trainer.check_init_from(run_config)
+        warm_start.check_init_from(run_config)
     for remaining_ratio, run_config in configs:
         name = ratio_name(remaining_ratio)
         run_or_skip(run_config, os.path.join(output_dir, name), name, progress, log)
     setting = {field: value for field, value in dataclasses.asdict(config).items() if field != "remaining_ratio"}
     summary = {"config": setting, "remaining_ratios": [r for r, _ in configs],
                "runs": [_run_summary(r, os.path.join(output_dir, ratio_name(r))) for r, _ in configs]}
-    with open(os.path.join(output_dir, "sweep.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    with open(os.path.join(output_dir, "sweep.md"), "w") as handle:
-        handle.write(markdown_table(summary, config))
+    run_files.write_json(os.path.join(output_dir, "sweep.json"), summary)
+    run_files.write_text(os.path.join(output_dir, "sweep.md"), markdown_table(summary, config))
     return summary
 
 
@@ -85,7 +83,7 @@ def markdown_table(summary, config):
 
 
 def _run_summary(remaining_ratio, run_dir):
-    final = trainer.read_json(os.path.join(run_dir, "metrics.json"))["final"]
+    final = run_files.read_json(os.path.join(run_dir, "metrics.json"))["final"]
     best = final["best"]
     return {"remaining_ratio": remaining_ratio, "run_dir": run_dir, "best_epoch": best["epoch"],
             "test_natural_accuracy": best["test_natural_accuracy"],
@@ -97,7 +95,7 @@ def check_existing_run(config, run_dir):
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         return
     config = config.resolved()
-    existing = trainer.read_config(run_dir)
+    existing = run_files.read_config(run_dir)
     for field in dataclasses.fields(config):
         ours, theirs = getattr(config, field.name), getattr(existing, field.name)
         if field.name not in _LOCATION_FIELDS and ours != theirs:
@@ -107,9 +105,9 @@ def check_existing_run(config, run_dir):
 
 def run_or_skip(config, run_dir, name, progress=False, log=print):
     """Skip a finished run in `run_dir`, continue a killed one, or start it (see `check_existing_run` first)."""
-    if "final" in trainer.read_json(os.path.join(run_dir, "metrics.json")):
+    if "final" in run_files.read_json(os.path.join(run_dir, "metrics.json")):
         log(f"{name}: finished, skipped")
         return
     started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
     log(f"{name}: {'resuming' if started else 'starting'} in {run_dir}")
-    trainer.run(config, run_dir, resume=True, progress=progress, log=lambda message: log(f"{name}: {message}"))
+    loop.run(config, run_dir, resume=True, progress=progress, log=lambda message: log(f"{name}: {message}"))

@@ -5,7 +5,8 @@ random network and differ in their classifier head.
 """
 import dataclasses
 
-from rst_tf import artifact, r2s, trainer
+from rst_tf import artifact, r2s
+from rst_tf.training import run_dir as run_files
 
 
 def task_name(config):
@@ -25,7 +26,7 @@ def from_runs(run_dirs, checkpoint="best"):
         raise ValueError("no run folders given")
     loaded = []
     for run_dir in run_dirs:
-        network, config = trainer.load_run(run_dir, checkpoint)
+        network, config = run_files.load_run(run_dir, checkpoint)
         if config.mode != "rst":
             raise ValueError(f"{run_dir} is a {config.mode!r} run; a mask bank takes mask searches (mode 'rst')")
         loaded.append((run_dir, network, config))

@@ -1,7 +1,9 @@
-"""Runs one search step under a strategy and saves the score updates; used by tests/test_search.py.
+"""Runs one search step under a strategy and saves the score updates; used by tests/test_distribute.py.
 
-    python tests/distributed_search.py STRATEGY OUTPUT.npz [--logical_cpus N] [--attack_bn_training 0|1]
+    python tests/distributed_search.py STRATEGY OUTPUT_PREFIX [--logical_cpus N] [--attack_bn_training 0,1]
 
+Writes OUTPUT_PREFIX_bn<b>.npz for each BatchNorm mode b (0: inference, 1: training mode while attacking), each
+from a fresh model in this one process.
 `multi_worker` reads TF_CONFIG and drives the step with `strategy.run` (Keras's fit cannot); `default` and
 `mirrored` use `fit`.
 """
@@ -15,14 +17,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
-def main(strategy_name, output_path, logical_cpus, attack_bn_training):
+def main(strategy_name, output_prefix, logical_cpus, bn_modes):
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     import keras
-    from rst_tf import attacks, data, distribute, networks, search
+    from rst_tf import data, distribute
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)  # before the data: the shuffle depends on the global seed
     tf.config.experimental.enable_op_determinism()
     strategy = distribute.make_strategy(strategy_name)
     if strategy_name == "mirrored":
@@ -30,6 +32,17 @@ def main(strategy_name, output_path, logical_cpus, attack_bn_training):
     splits = data.load_splits("cifar10", os.environ["RST_TF_DATA_DIR"], validation_examples=0,
                               train_examples=32, test_examples=8, seed=0)
     batches = data.train_batches(splits.train, dataset="cifar10", batch_size=32, epoch=0, seed=0)
+    for attack_bn_training in bn_modes:
+        loss, replicas, updates = step_updates(strategy, batches, attack_bn_training)
+        if distribute.is_chief(strategy):
+            np.savez(f"{output_prefix}_bn{int(attack_bn_training)}.npz", loss=loss, replicas=replicas, **updates)
+
+
+def step_updates(strategy, batches, attack_bn_training):
+    """(loss, replicas, {update_i: change of trainable variable i}) of one search step under `strategy`."""
+    import keras
+    from rst_tf import attacks, distribute, networks, search
+
     with strategy.scope():
         network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                                  remaining_ratio=0.2, width_multiplier=1 / 16, seed=0)
@@ -46,11 +59,11 @@ def main(strategy_name, output_path, logical_cpus, attack_bn_training):
             step(images, labels)
         loss = float(model.loss_tracker.result())
     updates = {f"update_{i}": v.numpy() - start for i, (v, start) in enumerate(zip(model.trainable_variables, initial))}
-    if distribute.is_chief(strategy):
-        np.savez(output_path, loss=loss, replicas=strategy.num_replicas_in_sync, **updates)
+    return loss, strategy.num_replicas_in_sync, updates
 
 
 if __name__ == "__main__":
     def option(name, default):
-        return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
-    main(sys.argv[1], sys.argv[2], option("--logical_cpus", 1), bool(option("--attack_bn_training", 1)))
+        return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+    main(sys.argv[1], sys.argv[2], int(option("--logical_cpus", "1")),
+         [bool(int(mode)) for mode in option("--attack_bn_training", "1").split(",")])

@@ -1,8 +1,7 @@
-"""APGD-CE / APGD-DLR with EOT (rst_tf.apgd) and AutoAttack's rand version, against the small Keras model of
-tests/template_model.py."""
+"""APGD-CE, APGD-DLR and APGD-T with EOT (rst_tf.attacks.apgd): the reference's rules on hand-made inputs, and the
+attacks and AutoAttack's rand version against the small Keras model of tests/template_model.py."""
 import dataclasses
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +9,7 @@ import tensorflow as tf
 from rst_tf import attacks
 from rst_tf.attacks import apgd
 from rst_tf.attacks import AttackConfig
-from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
+from template_model import NUM_CLASSES, train_template_model
 from template_model import accuracy as _accuracy
 from template_model import logits_fn as _logits_fn
 
@@ -44,20 +43,102 @@ def _assert_in_ball_and_box(adversarial, images):
     assert np.abs(adversarial - images).max() <= EPSILON + 1e-6
 
 
-def test_checkpoints_follow_the_paper():
-    assert apgd.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert apgd.checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+def test_checkpoints_follow_the_reference_schedule():
+    # n = 100: first window int(22.0) = 22, then k = max(k - 3, 6): 19, 16, 13, 10, 7, 6, 6.
+    assert apgd.checkpoints(100) == [(22, 22), (41, 19), (57, 16), (70, 13), (80, 10), (87, 7), (93, 6), (99, 6)]
+    # n = 10: windows max(int(2.2), 1) = 2, then max(2 - 1, max(int(0.6), 1)) = 1 from there on.
+    assert apgd.checkpoints(10) == [(2, 2)] + [(done, 1) for done in range(3, 11)]
+    assert apgd.checkpoints(1) == [(1, 1)]
 
 
-def test_dlr_loss_matches_its_definition():
+def test_dlr_losses_match_their_definitions():
     logits = tf.constant([[3.0, 1.0, 2.0, 0.0], [3.0, 1.0, 2.0, 0.0]])
     # Label 0 (top): -(3 - 2) / (3 - 1); label 1: -(1 - 3) / (3 - 1).
     np.testing.assert_allclose(apgd.dlr_loss(logits, tf.constant([0, 1])).numpy(), [-0.5, 1.0], rtol=1e-6)
+    # Sorted 5 > 4 > 3 > 2 > 1: denominator 5 - (3 + 2) / 2 = 2.5; label 0, target 2: -(5 - 4) / 2.5;
+    # target 3: -(5 - 1) / 2.5; label 1 (logit 3), target 4 (logit 2): -(3 - 2) / 2.5.
+    logits = tf.constant([[5.0, 3.0, 4.0, 1.0, 2.0]] * 3)
+    values = apgd.targeted_dlr_loss(logits, tf.constant([0, 0, 1]), tf.constant([2, 3, 4])).numpy()
+    np.testing.assert_allclose(values, [-0.4, -1.6, -0.4], rtol=1e-6)
     with pytest.raises(ValueError, match="3 classes"):
         apgd.dlr_loss(tf.zeros([1, 2]), tf.constant([0]))
+    with pytest.raises(ValueError, match="4 classes"):
+        apgd.targeted_dlr_loss(tf.zeros([1, 3]), tf.constant([0]), tf.constant([1]))
 
 
-@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr"])
+def test_oscillation_check_indexes_the_loss_history_as_the_reference():
+    # A ring of 10 losses, first checkpoint after iteration 1 with a window of 2: losses[1] > losses[0] counts,
+    # and losses[0] is compared with losses[-1] = the still-zero last entry. Halve iff at most 0.75 * 2 rose.
+    history = np.zeros([10, 3], np.float32)
+    history[:2] = [[2.0, -3.0, 1.0], [3.0, -2.0, 0.5]]
+    # Rises: [3 > 2, 2 > 0] = 2; [-2 > -3, -3 > 0] = 1; [0.5 > 1, 1 > 0] = 1.
+    np.testing.assert_array_equal(apgd.oscillating(tf.constant(history), 1, 2).numpy(), [False, True, True])
+    # Later windows compare within the window only: rows 5..7 rise twice of 3 (<= 2.25: halve).
+    history[4:8, 0] = [1.0, 2.0, 3.0, 2.5]
+    np.testing.assert_array_equal(apgd.oscillating(tf.constant(history), 7, 3).numpy()[0], True)
+    history[7, 0] = 4.0
+    np.testing.assert_array_equal(apgd.oscillating(tf.constant(history), 7, 3).numpy()[0], False)
+
+
+def _constant_model(logits):
+    """A model whose logits do not depend on the image (zero input gradient)."""
+    logits = tf.constant(logits, tf.float32)
+    return lambda x: logits[None] + 0.0 * tf.reduce_sum(x, axis=[1, 2, 3])[:, None]
+
+
+def test_step_size_halves_at_every_checkpoint_without_progress():
+    images = tf.fill([2, 2, 2, 1], 0.5)
+    labels = tf.constant([0, 0])
+    epsilon = 0.1
+    # The loss never changes. n = 10: the first checkpoint (2 iterations) sees one rise (the first loss > 0, the
+    # zero history entry) <= 1.5; each later one (window 1) sees none: 9 halvings.
+    result = apgd.run(_constant_model([2.0, 0.0, 0.0, 0.0]), images, labels, images, epsilon, 10, "ce")
+    np.testing.assert_allclose(result["step_size"].numpy(), 2 * epsilon / 2 ** 9, rtol=1e-6)
+    assert not result["fooled"].numpy().any()
+
+
+def test_start_is_on_the_ball_surface_and_the_first_step_has_no_momentum():
+    images = tf.fill([4, 3, 3, 2], 0.5)
+    start = apgd.uniform_start(images, tf.constant([3, 4]), 0.1)
+    np.testing.assert_allclose(np.abs(start.numpy() - 0.5).max(axis=(1, 2, 3)), 0.1, rtol=1e-5)
+    # A linear model: the gradient sign of the CE of label 0 is -sign(w) everywhere, so the first iterate
+    # (momentum 1) is the start moved by 2 epsilon against w, clipped to the ball.
+    weights = tf.constant(np.random.default_rng(0).choice([-1.0, 1.0], size=18), tf.float32)
+    calls = []
+
+    def linear(x):
+        calls.append(x)
+        score = tf.reduce_sum(tf.reshape(x, [-1, 18]) * weights, axis=-1)
+        return tf.stack([score, -score, tf.zeros_like(score), tf.zeros_like(score)], axis=-1)
+
+    apgd.run(linear, images, tf.zeros([4], tf.int32), start, 0.1, 1, "ce")
+    expected = np.clip(start.numpy() - 0.2 * np.reshape(weights.numpy(), [1, 3, 3, 2]), 0.4, 0.6)
+    np.testing.assert_allclose(calls[1].numpy(), expected, atol=1e-6)
+
+
+def test_a_misclassified_iterate_is_kept_when_the_last_one_is_classified_correctly():
+    images = tf.fill([1, 2, 2, 1], 0.5)
+    calls = []
+
+    def fooled_once(x):
+        # Call 1 evaluates the start, call 1 + i iteration i: only iteration 2 is misclassified.
+        calls.append(x.numpy())
+        base = tf.constant([[1.0, 0.0, 0.0, 0.0]]) + tf.reduce_sum(x) * tf.constant([[0.1, 0.2, 0.0, 0.0]])
+        return base + (tf.constant([[0.0, 5.0, 0.0, 0.0]]) if len(calls) == 4 else 0.0)
+
+    start = images + 0.05
+    result = apgd.run(fooled_once, images, tf.constant([0]), start, 0.1, 6, "ce")
+    assert len(calls) == 7 and result["fooled"].numpy().all()
+    np.testing.assert_array_equal(result["adversarial"].numpy(), calls[3])
+    assert not np.array_equal(calls[3], calls[-1])
+
+
+def test_apgd_t_ranks_targets_by_the_clean_logits():
+    logits = tf.constant([[1.0, 5.0, 3.0, 4.0], [0.0, 2.0, 3.0, 1.0]])
+    np.testing.assert_array_equal(apgd.ranked_targets(logits, tf.constant([1, 2])).numpy(), [[3, 2, 0], [1, 3, 0]])
+
+
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr", "apgd_t"])
 def test_apgd_lowers_accuracy_stays_in_ball_and_is_seeded(trained, name):
     model, images, labels = trained
     logits_fn = _logits_fn(model)
@@ -68,26 +149,59 @@ def test_apgd_lowers_accuracy_stays_in_ball_and_is_seeded(trained, name):
     assert not np.array_equal(adversarial, _generate(logits_fn, images, labels, _config(name), seed=(1, 3)))
 
 
-def test_apgd_ce_is_at_least_as_strong_as_art(trained):
-    from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.estimators.classification import TensorFlowV2Classifier
+def test_apgd_t_runs_each_target_on_the_examples_still_robust_and_traces(trained):
+    model, images, labels = trained
+    images, labels = images[:32], labels[:32]
+    logits_fn = _logits_fn(model)
+    batch_sizes = []
 
+    def recording(x):
+        batch_sizes.append(int(x.shape[0]))
+        return logits_fn(x)
+
+    adversarial, broken = apgd.targeted(recording, images, labels, EPSILON, 4, SEED)
+    # The clean check, then per target its start and 4 iterations on the examples left.
+    runs = np.reshape(batch_sizes[1:], [-1, 5])
+    assert len(runs) == NUM_CLASSES - 1 and np.all(runs == runs[:, :1])
+    assert np.all(np.diff(runs[:, 0]) <= 0) and runs[-1, 0] < runs[0, 0]
+    wrong = np.argmax(logits_fn(adversarial.numpy()), axis=-1) != labels
+    np.testing.assert_array_equal(wrong, broken.numpy())
+    traced = tf.function(lambda x, y, seed: attacks.generate(logits_fn, x, y, _config("apgd_t", steps=4), seed),
+                         autograph=False)
+    graph = traced(images, labels, tf.constant(SEED, tf.int64)).numpy()
+    assert abs(_accuracy(logits_fn, graph, labels) - (1 - broken.numpy().mean())) <= 2 / len(images)
+
+
+def _probabilities(logits_fn):
+    return lambda x: tf.nn.softmax(logits_fn(x))
+
+
+@pytest.mark.parametrize("name", ["apgd_ce", "apgd_dlr", "apgd_t", "autoattack", "autoattack_rand"])
+def test_bad_input_stops_with_one_clear_error(trained, name):
+    model, images, labels = trained
+    images, labels = images[:8], labels[:8]
+    logits_fn = _logits_fn(model)
+    config = _config(name, steps=2, max_queries=2)
+    with pytest.raises(ValueError, match=r"AttackConfig\.epsilon must be > 0"):
+        _generate(logits_fn, images, labels, dataclasses.replace(config, epsilon=0.0))
+    with pytest.raises(ValueError, match=r"images must lie in \[clip_min, clip_max\]"):
+        _generate(logits_fn, images + 1.5, labels, config)
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, classes\)"):
+        _generate(logits_fn, images, np.where(np.arange(8) == 3, NUM_CLASSES, labels), config)
+    with pytest.raises(ValueError, match="must return logits, not probabilities"):
+        _generate(_probabilities(logits_fn), images, labels, config)
+    if name != "autoattack":  # (FAB and Square make a full run slow; the check is the same)
+        # Logits that happen to be non-negative are fine.
+        _generate(lambda x: logits_fn(x) - tf.reduce_min(logits_fn(x)), images, labels, config)
+
+
+def test_bad_input_fails_an_assertion_inside_tf_function(trained):
     model, images, labels = trained
     logits_fn = _logits_fn(model)
-    classifier = TensorFlowV2Classifier(
-        model=lambda inputs, training=False: logits_fn(inputs), nb_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE,
-        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True), channels_first=False,
-        clip_values=(0.0, 1.0), preprocessing=None,
-    )
-    art_apgd = AutoProjectedGradientDescent(
-        estimator=classifier, norm=np.inf, eps=EPSILON, eps_step=2 * EPSILON, max_iter=STEPS, targeted=False,
-        nb_random_init=1, batch_size=len(images), loss_type="cross_entropy", verbose=False,
-    )
-    np.random.seed(0)  # ART's random start
-    art_accuracy = _accuracy(logits_fn, art_apgd.generate(images, np.eye(NUM_CLASSES)[labels]), labels)
-    accuracy = _accuracy(logits_fn, _generate(logits_fn, images, labels, _config("apgd_ce")), labels)
-    assert art_accuracy < 0.9, "epsilon too small for the comparison to mean anything"
-    assert accuracy <= art_accuracy + 2 / len(images)
+    traced = tf.function(lambda x, y, seed: attacks.generate(logits_fn, x, y, _config("apgd_ce", steps=2), seed),
+                         autograph=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must lie in \[clip_min, clip_max\]"):
+        traced(images[:8] - 0.5, labels[:8], tf.constant(SEED, tf.int64))
 
 
 def _two_models(model):
@@ -108,10 +222,10 @@ def test_eot_draws_average_the_gradients_of_separate_calls(trained):
 
     both = lambda x: tf.stack([first(x), second(x)])  # rank-3 logits: one call, the loss averaged over both
     steps = 5
-    drawn = apgd.apgd(alternating, images, labels, EPSILON, steps, "ce", eot_draws=2, seed=SEED).numpy()
+    drawn = apgd.untargeted(alternating, images, labels, EPSILON, steps, "ce", SEED, eot_draws=2)[0].numpy()
     # The clean check, the start and every iteration: eot_draws calls each.
     assert len(calls) == 2 * (steps + 2)
-    stacked = apgd.apgd(both, images, labels, EPSILON, steps, "ce", eot_draws=1, seed=SEED).numpy()
+    stacked = apgd.untargeted(both, images, labels, EPSILON, steps, "ce", SEED, eot_draws=1)[0].numpy()
     # Float rounding can flip the sign of a near-zero gradient entry.
     assert np.mean(np.abs(drawn - stacked) > 1e-6) < 1e-3
 

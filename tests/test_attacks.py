@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from rst_tf import attacks
 from rst_tf.attacks import AttackConfig
+from rst_tf.attacks import config as config_lib
 from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
 
 # Large enough that every attack clearly hurts this model, small enough that
@@ -301,12 +302,43 @@ def test_validate_names_the_bad_field(field, value, name):
         attacks.generate(lambda x: x, tf.zeros((1,) + IMAGE_SHAPE), tf.zeros([1], tf.int32), config, SEED)
 
 
-def test_validate_accepts_defaults_and_ignores_fields_an_attack_does_not_use():
+def test_validate_accepts_defaults_and_ignores_fields_an_attack_does_not_use(trained):
+    model, images, labels = trained
     for name in attacks.ATTACKS:
-        AttackConfig(name=name).validate()
-    AttackConfig(name="fgsm", steps=0, step_size=0.0, restarts=0).validate()
-    AttackConfig(name="none", epsilon=-1.0).validate()
-    attacks.fgsm_rs_config(8 / 255).validate()
+        assert AttackConfig(name=name).validate() is None
+    assert set(attacks.ATTACKS) == set(config_lib.registered_names())
+    # Fields fgsm does not use change nothing, and "none" ignores epsilon.
+    unused = AttackConfig(name="fgsm", epsilon=EPSILON, steps=0, step_size=0.0, restarts=0)
+    np.testing.assert_array_equal(_generate(model, images, labels, unused, seed=None),
+                                  _generate(model, images, labels, _linf_config("fgsm"), seed=None))
+    np.testing.assert_array_equal(
+        _generate(model, images, labels, AttackConfig(name="none", epsilon=-1.0), seed=None), images)
+    assert attacks.fgsm_rs_config(8 / 255).validate() is None
+
+
+def test_early_stop_never_moves_an_example_misclassified_at_the_start(trained):
+    model, images, labels = trained
+    # Wrong labels for half of the examples: misclassified at the clean start, so never moved.
+    wrong_labels = np.where(np.arange(len(labels)) % 2 == 0, (labels + 1) % NUM_CLASSES, labels).astype(labels.dtype)
+    config = _linf_config("pgd", steps=5, random_start=False, early_stop=True)
+    adversarial = _generate(model, images, wrong_labels, config)
+    np.testing.assert_array_equal(adversarial[::2], images[::2])
+    assert np.all(np.any(adversarial[1::2] != images[1::2], axis=(1, 2, 3)))
+    # Without early stop they move.
+    moved = _generate(model, images, wrong_labels, dataclasses.replace(config, early_stop=False))
+    assert np.all(np.any(moved[::2] != images[::2], axis=(1, 2, 3)))
+
+
+def test_paper_protocol_is_weaker_than_the_standard_one_and_both_lower_accuracy(trained):
+    model, images, labels = trained
+    clean = _accuracy(model, images, labels)
+    accuracy = {protocol: _accuracy(model, _generate(model, images, labels, attacks.pgd_eval_config(
+        EPSILON, protocol)), labels) for protocol in attacks.PGD_PROTOCOLS}
+    assert attacks.pgd_eval_config(EPSILON, "paper").step_size == pytest.approx(2 / 255)
+    assert accuracy["paper"] >= accuracy["standard"] - 2 / len(images), accuracy
+    assert accuracy["standard"] <= clean - 0.3 and accuracy["paper"] <= clean - 0.3, accuracy
+    with pytest.raises(ValueError, match="protocol"):
+        attacks.pgd_eval_config(EPSILON, "official")
 
 
 def test_fgsm_rs_config_follows_wong_et_al():

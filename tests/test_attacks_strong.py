@@ -2,14 +2,13 @@
 small Keras model trained here on synthetic 8x8x3 images."""
 import dataclasses
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from rst_tf import attacks
 from rst_tf.attacks import AttackConfig
-from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
+from template_model import train_template_model
 from template_model import accuracy as _accuracy
 from template_model import logits_fn as _logits_fn
 
@@ -64,7 +63,7 @@ def _assert_in_ball_and_box(adversarial, images, config):
         assert np.abs(perturbation).max() <= config.epsilon + 1e-6
 
 
-@pytest.mark.parametrize("name", ["cw_inf", "cw_l2", "bandits", "autoattack"])
+@pytest.mark.parametrize("name", ["cw_inf", "cw_l2", "bandits"])
 def test_attack_lowers_accuracy_and_stays_in_ball(trained, name):
     model, images, labels = trained
     few = FEW_CW if name == "cw_l2" else FEW
@@ -178,14 +177,48 @@ def test_cw_l2_keeps_only_results_within_epsilon(trained):
 
 def test_autoattack_settings_describe_the_schedule():
     settings = attacks.autoattack_settings(attacks.autoattack_config(8 / 255), num_classes=10)
-    assert settings["library"] == "adversarial-robustness-toolbox" and settings["library_version"] == "1.20.1"
+    assert "library" not in settings and settings["version"] == "standard"
     assert [c["name"] for c in settings["components"]] == ["APGD-CE", "APGD-T", "FAB-T", "Square"]
     apgd_ce, apgd_t, fab_t, square = settings["components"]
     assert apgd_ce["max_iter"] == apgd_t["max_iter"] == fab_t["max_iter"] == 100
-    assert apgd_t["target_classes"] == fab_t["target_classes"] == 9 and fab_t["implementation"] == "rst_tf.fab"
-    assert square["max_iter"] == 5000 and square["p_init"] == 0.8
-    assert settings["standard_budgets"] and settings["version"] == "standard"
+    assert apgd_t["target_classes"] == fab_t["target_classes"] == 9 and fab_t["implementation"] == "rst_tf.attacks.fab"
+    assert apgd_ce["implementation"] == apgd_t["implementation"] == "rst_tf.attacks.apgd"
+    assert apgd_ce["initial_step_size"] == pytest.approx(16 / 255) and apgd_ce["momentum"] == 0.75
+    assert square["n_queries"] == 5000 and square["p_init"] == 0.8
+    assert all(c["restarts"] == 1 for c in settings["components"])
+    assert settings["standard_budgets"]
     assert not attacks.autoattack_settings(_config("autoattack"), 4)["standard_budgets"]
+    assert attacks.autoattack_settings(_config("autoattack"), 4)["components"][1]["target_classes"] == 3
+    assert attacks.config.AUTOATTACK_TARGET_CLASSES == attacks.fab.STANDARD_TARGET_CLASSES
+
+
+def test_autoattack_lowers_accuracy_keeps_only_misclassified_results_and_beats_its_first_stage(trained):
+    model, images, labels = trained
+    images, labels = images[:FEW], labels[:FEW]
+    logits_fn = _logits_fn(model)
+    adversarial = _generate(logits_fn, images, labels, _config("autoattack"))
+    _assert_in_ball_and_box(adversarial, images, _config("autoattack"))
+    assert _accuracy(logits_fn, adversarial, labels) <= _accuracy(logits_fn, images, labels) - 0.3
+    changed = np.any(adversarial != images, axis=(1, 2, 3))
+    wrong = np.argmax(logits_fn(adversarial), axis=-1) != labels
+    assert changed.any() and np.all(wrong[changed])
+    first_stage = dataclasses.replace(_config("autoattack"), name="apgd_ce")
+    assert _accuracy(logits_fn, adversarial, labels) <= _accuracy(
+        logits_fn, _generate(logits_fn, images, labels, first_stage), labels) + 2 / FEW
+
+
+def test_final_check_keeps_only_fooled_finite_results_within_epsilon_and_the_box():
+    from rst_tf.attacks import autoattack
+
+    images = np.full([5, 2, 2, 1], 0.5, np.float32)
+    adversarial = images + np.float32(0.03)
+    adversarial[1, 0, 0, 0] = 0.5 + 0.03 + 1e-3  # beyond epsilon
+    adversarial[2] = 1.2  # outside the box (and the ball)
+    adversarial[3, 1, 1, 0] = np.nan
+    fooled = tf.constant([True, True, True, True, False])
+    checked = autoattack.final_check(tf.constant(images), tf.constant(adversarial), fooled, 0.03, 0.0, 1.0).numpy()
+    np.testing.assert_array_equal(checked[0], adversarial[0])
+    np.testing.assert_array_equal(checked[1:], images[1:])
 
 
 def _gradient_masked(logits_fn):
@@ -234,6 +267,6 @@ def test_validate_names_the_bad_field(field, value, name):
 def test_new_fields_keep_old_configs_and_noise_flags():
     assert AttackConfig(name="bandits").uses_noise
     assert AttackConfig(name="cw_inf").uses_noise and not AttackConfig(name="cw_inf", random_start=False).uses_noise
-    assert not AttackConfig(name="cw_l2").uses_noise and not AttackConfig(name="autoattack").uses_noise
+    assert not AttackConfig(name="cw_l2").uses_noise and AttackConfig(name="autoattack").uses_noise
     for config in (attacks.cw_l2_config(0.5), attacks.bandits_config(), attacks.autoattack_config()):
         config.validate()

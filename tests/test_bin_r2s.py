@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import ticket_fixtures
+from rst_tf.evaluation import intervals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,8 @@ def run_dirs(tmp_path_factory):
 def test_r2s_evaluates_and_saves_the_bank(run_dirs, tmp_path, cifar10_path):
     output = tmp_path / "r2s"
     result = _app("r2s", f"--run_dir={run_dirs[0]},{run_dirs[1]}", f"--output_dir={output}", "--num_examples=16",
-                  "--batch_size=16", "--steps=2", f"--save_bank={tmp_path / 'bank.rst'}", data_dir=cifar10_path)
+                  "--batch_size=16", "--steps=2", "--pgd_protocol=paper", f"--save_bank={tmp_path / 'bank.rst'}",
+                  data_dir=cifar10_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((output / "r2s.json").read_text())
     task = report["tasks"]["cifar10"]
@@ -43,7 +45,13 @@ def test_r2s_evaluates_and_saves_the_bank(run_dirs, tmp_path, cifar10_path):
     assert set(task["r2s"]) == {"natural", "vanilla", "eot", "ensemble"}
     assert all(0.0 <= value <= 1.0 for value in task["r2s"].values())
     assert report["num_examples"] == 16
-    assert "R2S, eot attack" in (output / "r2s.md").read_text()
+    assert report["pgd_protocol"] == "paper" and report["attack"]["early_stop"] is True
+    assert report["attack"]["step_size"] == pytest.approx(2 / 255) and report["attack"]["steps"] == 2
+    for kind, value in task["r2s"].items():
+        assert task["r2s_intervals"][kind] == pytest.approx(list(intervals.accuracy_interval(value, 16)))
+    markdown = (output / "r2s.md").read_text()
+    assert "R2S, eot attack" in markdown and "PGD protocol `paper`" in markdown
+    assert f"| {intervals.format_accuracy(task['r2s']['eot'], 16, digits=2)} |" in markdown
     assert (output / "r2s.png").stat().st_size > 0
     assert (tmp_path / "bank.rst").is_file() and not (tmp_path / "bank.rst.partial").exists()
 

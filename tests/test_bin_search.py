@@ -1,30 +1,26 @@
-"""bin/search end to end: outputs, resuming a killed run, and bad input."""
+"""bin/search end to end: outputs, resuming a killed run, what it prints, and bad input."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEARCH = os.path.join(ROOT, "bin", "search.py")
-TINY = ["--network=resnet18", "--width_multiplier=0.0625", "--remaining_ratio=0.2", "--train_examples=64",
-        "--validation_examples=16", "--test_examples=16", "--batch_size=32", "--attack_steps=1",
-        "--eval_attack_steps=2", "--epochs=2", "--deterministic", "--noprogress", "--seed=3"]
+from conftest import SEARCH_APP as SEARCH
+from conftest import TINY_SEARCH_FLAGS, start_search
+
+TINY = [*TINY_SEARCH_FLAGS, "--noprogress"]
 
 
-def search(*args, cifar10_path=None, wait=True):
+def search(*args, cifar10_path=None):
     env = dict(os.environ)
     if cifar10_path:
         env["RST_TF_DATA_DIR"] = cifar10_path
-    command = [sys.executable, SEARCH, *args]
-    if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, SEARCH, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
 def checkpoint_tensors(checkpoint_dir):
@@ -35,32 +31,38 @@ def checkpoint_tensors(checkpoint_dir):
 
 
 @pytest.fixture(scope="module")
-def whole_run(tmp_path_factory, cifar10_path):
-    """A finished 2-epoch tiny search, shared by the tests that read a run folder."""
-    output_dir = tmp_path_factory.mktemp("runs") / "whole"
-    result = search(*TINY, f"--output_dir={output_dir}", cifar10_path=cifar10_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
+def whole_run(tiny_search_run):
+    """The finished 2-epoch tiny search (conftest), shared by the tests that read a run folder."""
+    return tiny_search_run[0]
 
 
-def test_killed_run_resumes_to_the_same_scores(tmp_path, cifar10_path, whole_run):
+@pytest.fixture(scope="session")  # as conftest's tiny search: pytest makes it first, while that search runs
+def killed_run(started_tiny_search, tmp_path_factory, cifar10_path):
+    """The same search killed (SIGKILL) as it starts its second epoch; it runs alongside the whole one."""
+    folder = tmp_path_factory.mktemp("killed")
+    killed_dir = folder / "run"
+    with open(folder / "stderr.txt", "w") as stderr:
+        process = start_search([*TINY, f"--output_dir={killed_dir}"], cifar10_path, subprocess.PIPE, stderr)
+    for line in process.stdout:  # "epoch 2/2" comes right after the first epoch's checkpoint
+        if line.startswith("epoch 2/"):
+            break
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=600)
+    assert (killed_dir / "checkpoints" / "last" / "checkpoint").exists(), (folder / "stderr.txt").read_text()[-3000:]
+    return killed_dir
+
+
+def test_killed_run_resumes_to_the_same_scores(cifar10_path, killed_run, whole_run):
     metrics = json.loads((whole_run / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2]
     assert {"test_natural_accuracy", "test_pgd20_accuracy"} <= set(metrics["final"]["best"])
     for name in ("config.json", "flags.txt", "tensorboard"):
         assert (whole_run / name).exists()
 
-    killed_dir = tmp_path / "killed"
-    process = search(*TINY, f"--output_dir={killed_dir}", cifar10_path=cifar10_path, wait=False)
-    first_epoch = killed_dir / "checkpoints" / "last" / "checkpoint"
-    deadline = time.time() + 600
-    while not first_epoch.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert first_epoch.exists()
+    killed_dir = killed_run
     resumed = search(*TINY, f"--output_dir={killed_dir}", "--resume", cifar10_path=cifar10_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch 1 of 2" in resumed.stdout
     expected = checkpoint_tensors(str(whole_run / "checkpoints" / "last"))
     actual = checkpoint_tensors(str(killed_dir / "checkpoints" / "last"))
     assert sum(name.startswith("network/") for name in expected) > 20 and expected.keys() == actual.keys()
@@ -88,6 +90,29 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, cifar10_path, 
     assert not output_dir.exists()
 
 
+def test_output_shows_the_runs_own_epochs_and_no_warning(tiny_search_run):
+    """With the progress bar on: "epoch i/2" lines of the run, no Keras "Epoch i/n" label counting a part of it, no
+    Keras warning about arguments it ignores, no INFO lines of TensorFlow's Python logs."""
+    _, stdout, stderr = tiny_search_run
+    assert "epoch 1/2" in stdout.splitlines() and "epoch 2/2" in stdout.splitlines()
+    assert not re.search(r"Epoch \d+/\d+", stdout + stderr)
+    assert "will be ignored" not in stdout + stderr and "shuffle" not in stdout + stderr
+    assert not re.search(r"^I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]", stderr, re.MULTILINE)  # Python INFO logs
+    assert "1/1" in stdout  # the progress bar over the epoch's one step
+
+
+def test_undecodable_image_fails_with_one_line_naming_it(tmp_path, image_folders_with_a_bad_file):
+    data_dir, bad_file = image_folders_with_a_bad_file
+    output_dir = tmp_path / "out"
+    result = search(*TINY, "--train_examples=0", "--validation_examples=4", "--test_examples=0", "--batch_size=4",
+                    f"--data_dir={data_dir}", f"--output_dir={output_dir}")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and bad_file in lines[0] and "cannot be decoded" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not output_dir.exists()
+
+
 def test_existing_run_is_not_overwritten_without_resume(tmp_path, cifar10_path):
     (tmp_path / "out" / "checkpoints").mkdir(parents=True)
     result = search(*TINY, f"--output_dir={tmp_path / 'out'}", cifar10_path=cifar10_path)
@@ -95,12 +120,12 @@ def test_existing_run_is_not_overwritten_without_resume(tmp_path, cifar10_path):
 
 
 def test_load_run_restores_the_searched_network(tmp_path, whole_run):
-    from rst_tf import trainer
-    network, config = trainer.load_run(str(whole_run), "last")
+    from rst_tf.training import run_dir
+    network, config = run_dir.load_run(str(whole_run), "last")
     saved = checkpoint_tensors(str(whole_run / "checkpoints" / "last"))
     scores = [name for name in saved if name.startswith("network/") and name.endswith("VARIABLE_VALUE")]
     restored = {v.numpy().tobytes() for v in network.weights}
     assert scores and all(saved[name].tobytes() in restored for name in scores)
     assert config.remaining_ratio == 0.2 and config.width_multiplier == 0.0625
     with pytest.raises(ValueError, match="no search run"):
-        trainer.load_run(str(tmp_path))
+        run_dir.load_run(str(tmp_path))

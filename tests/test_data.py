@@ -1,6 +1,7 @@
 """Input pipelines, checked against the CIFAR-10 copy named by RST_TF_DATA_DIR."""
 import functools
 import os
+import re
 
 import numpy as np
 import pytest
@@ -319,3 +320,15 @@ def test_imagenet_images_are_cropped_to_224(imagenet_style_folder):
     tf.io.gfile.rmtree(os.path.join(imagenet_style_folder, "test"))
     with pytest.raises(tf.errors.NotFoundError):  # ImageNet-size images are read again, not kept in memory
         split_contents(splits.test)
+
+
+def test_undecodable_image_is_named_or_skipped(image_folders_with_a_bad_file):
+    data_dir, bad_file = image_folders_with_a_bad_file
+    with pytest.raises(ValueError, match=f"image file {re.escape(bad_file)} cannot be decoded") as error:
+        data.load_splits("cifar10", data_dir, validation_examples=4)
+    assert "\n" not in str(error.value)
+    splits = data.load_splits("cifar10", data_dir, validation_examples=4, skip_bad_images=True)
+    assert splits.skipped_files == (bad_file,)
+    assert (splits.num_train, splits.num_validation, splits.num_test) == (12, 4, 16)  # 17 training files, 1 bad
+    for split, size in ((splits.train, 12), (splits.validation, 4), (splits.test, 16)):
+        assert len(batches_as_arrays(split.batch(100))[0][1]) == size

@@ -1,9 +1,14 @@
-"""AttackedAccuracy: masks once per evaluation, traced and eager-only attacks, reproducible."""
+"""AttackedAccuracy: masks once per evaluation, traced and eager-only attacks, reproducible, honest rows; the 95%
+Wilson interval of every reported accuracy."""
+import math
+
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, evaluate, masking, networks
+from rst_tf import attacks, masking, networks
+from rst_tf.evaluation import attacked, intervals, suite
 
 
 def small_network():
@@ -19,7 +24,7 @@ def batches():
 
 def test_clean_accuracy_equals_argmax_of_the_network():
     network = small_network()
-    correct = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none")).per_example(batches())
+    correct = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="none")).per_example(batches())
     expected = np.concatenate([(np.argmax(network(x, training=False).numpy(), -1) == y.numpy())
                                for x, y in batches()])
     np.testing.assert_array_equal(correct, expected.astype(np.int32))
@@ -30,17 +35,66 @@ def test_pgd_accuracy_is_reproducible_and_not_above_clean(monkeypatch):
     calls = []
     original = masking.top_k_mask
     monkeypatch.setattr(masking, "top_k_mask", lambda *a, **k: calls.append(1) or original(*a, **k))
-    pgd = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="pgd", epsilon=8 / 255, steps=5), seed=1)
+    pgd = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="pgd", epsilon=8 / 255, steps=5), seed=1)
     first = pgd.per_example(batches())
     assert len(calls) == 21  # one mask per masked layer per evaluation, not per batch or per PGD step
     np.testing.assert_array_equal(first, pgd.per_example(batches()))
-    clean = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none")).per_example(batches())
+    clean = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="none")).per_example(batches())
     assert np.all(first <= clean)
 
 
 def test_eager_only_attack_runs_through_the_same_interface():
     network = small_network()
-    config = attacks.AttackConfig(name="cw_l2", epsilon=0.5, steps=5, binary_search_steps=1)
-    accuracy = evaluate.AttackedAccuracy(network, config)(batches().take(1))
-    clean = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none"))(batches().take(1))
-    assert 0.0 <= accuracy <= clean
+    images = tf.random.stateless_uniform([8, 32, 32, 3], seed=[1, 2])
+    labels = tf.argmax(network(images, training=False), -1, output_type=tf.int32)  # every clean image is right
+    one_batch = [(images, labels)]
+    config = attacks.AttackConfig(name="cw_l2", epsilon=0.5, steps=3, step_size=0.01, binary_search_steps=1,
+                                  initial_const=10.0)
+    attack = attacked.AttackedAccuracy(network, config)
+    adversarial = attack.generate(one_batch)[0]
+    distance = tf.norm(tf.reshape(adversarial - images, [8, -1]), axis=1).numpy()
+    assert np.all(distance <= 0.5 + 1e-5)
+    accuracy = attack(one_batch)
+    clean = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="none"))(one_batch)
+    assert clean == 1.0 and 0.0 <= accuracy < clean  # the attack flips at least one of them within its budget
+    assert accuracy == attack.correct([adversarial], one_batch).mean()  # deterministic: the same examples again
+
+
+class MeanCosine(keras.layers.Layer):
+    """Two classes from the mean pixel m: logit of class 1 minus class 0 is -100 cos(2 pi m / 0.04). A step of
+    8/255 against the gradient moves m by more than half a period, so FGSM can turn a wrong prediction right."""
+
+    def call(self, x):
+        mean = tf.reduce_mean(x, axis=[1, 2, 3])
+        margin = -100.0 * tf.cos(2 * math.pi * mean / 0.04)
+        return tf.stack([tf.zeros_like(margin), margin], axis=-1)
+
+
+def test_an_example_wrong_on_its_clean_image_never_counts_as_robust():
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, MeanCosine()(inputs))
+    # Mean pixel 0.48955: phase 1.5 rad, class 0 (wrong: the label is 1). FGSM moves every pixel by -8/255 to a
+    # phase of 2.86 rad, where class 1 wins.
+    images = np.full((4, 4, 4, 3), 0.48955, np.float32)
+    batches = [(tf.constant(images), tf.constant([1, 1, 1, 1]))]
+    fgsm = attacks.AttackConfig(name="fgsm", epsilon=8 / 255)
+    attack = attacked.AttackedAccuracy(model, fgsm)
+    assert attack.clean_correct(batches).tolist() == [0, 0, 0, 0]
+    assert attack.correct(attack.generate(batches), batches).tolist() == [1, 1, 1, 1]  # right after the attack
+    assert attack.per_example(batches).tolist() == [0, 0, 0, 0] and attack(batches) == 0.0
+    result = suite.evaluate_attacks(model, batches, [fgsm])
+    assert result["attacks"][0]["correct"] == [0, 0, 0, 0] and result["attacks"][0]["accuracy"] == 0.0
+
+
+def test_wilson_interval_matches_the_formula_by_hand():
+    # 8 of 10, z = 1.96: centre (0.8 + 1.96^2 / 20) / (1 + 1.96^2 / 10) = 0.99208 / 1.38416 = 0.716738; half width
+    # 1.96 / 1.38416 * sqrt(0.8 * 0.2 / 10 + 1.96^2 / 400) = 1.416021 * 0.160012 = 0.226581.
+    low, high = intervals.wilson_interval(8, 10, z=1.96)
+    assert low == pytest.approx(0.716738 - 0.226581, abs=1e-5) and high == pytest.approx(0.716738 + 0.226581, abs=1e-5)
+    low, high = intervals.wilson_interval(0, 50)
+    assert low == 0.0 and high == pytest.approx(3.8415 / (50 + 3.8415), abs=1e-4)  # k = 0: z^2 / (n + z^2)
+    assert intervals.format_accuracy(0.211, 1000) == "21.1% [18.7, 23.7]"
+    record = intervals.with_interval(0.211, 1000)
+    assert record["num_examples"] == 1000 and record["interval"] == list(intervals.wilson_interval(211, 1000))
+    with pytest.raises(ValueError, match="correct must be in"):
+        intervals.wilson_interval(11, 10)

@@ -71,6 +71,24 @@ def test_signatures_take_floats_and_uint8_and_reject_bad_input(exported, tiny_ba
         loaded.signatures["serving_default"](images=pixels)
 
 
+@pytest.mark.parametrize("which", ["single", "r2s", "r2s_per_sample"])
+def test_empty_batch_gives_empty_outputs_and_bad_input_is_still_refused(exported, which):
+    _, singles, both, per_sample = exported
+    loaded = tf.saved_model.load({"single": singles[0], "r2s": both, "r2s_per_sample": per_sample}[which])
+    for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8)):
+        outputs = loaded.signatures[name](images=tf.zeros([0, *ticket_fixtures.IMAGE_SHAPE], dtype))
+        assert outputs["logits"].shape == (0, 10) and outputs["probabilities"].shape == (0, 10)
+        assert outputs["logits"].dtype == tf.float32
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected shape \[\?,32,32,3\]"):
+            loaded.signatures[name](images=tf.zeros([0, 16, 16, 3], dtype))
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"expected shape \[\?,32,32,3\]"):
+            loaded.signatures[name](images=tf.zeros([2, 32, 32, 1], dtype))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images must be finite"):
+        loaded.signatures["serving_default"](images=tf.fill([1, *ticket_fixtures.IMAGE_SHAPE], float("nan")))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"float images must lie in \[0, 1\]"):
+        loaded.signatures["serving_default"](images=-_images(1))
+
+
 def test_saved_model_cli_lists_the_signatures(exported):
     _, _, both, _ = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

@@ -1,5 +1,6 @@
-"""FAB-T (rst_tf.fab): the box-constrained L-inf projection against a linear program, exact distances on a linear
-model, and the attack against the small Keras model of tests/template_model.py."""
+"""FAB-T (rst_tf.attacks.fab): the box-constrained L-inf projection against a linear program and hand-derived
+values, the rules of the reference FAB-T (fra31/auto-attack) pinned on tiny hand-computed models, exact distances on
+a linear model, and the attack against the small Keras model of tests/template_model.py."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,6 +68,108 @@ def test_projection_batches_rows_independently():
         np.testing.assert_allclose(together[row], alone[0], atol=1e-7)
 
 
+@pytest.mark.parametrize("point, normal, offset, step", [
+    # Both coordinates move lambda: 2 lambda = 0.5.
+    ((0.5, 0.5), (1.0, 1.0), 1.5, (0.25, 0.25)),
+    # The first coordinate stops at the box (room 0.1): 0.1 + lambda = 0.4.
+    ((0.9, 0.5), (1.0, 1.0), 1.8, (0.1, 0.3)),
+    # Beyond the box: every coordinate at the edge that raises normal . z.
+    ((0.9, 0.5), (1.0, 1.0), 2.5, (0.1, 0.5)),
+    # A zero normal coordinate never moves; the other goes down.
+    ((0.5, 0.5), (2.0, 0.0), 0.4, (-0.3, 0.0)),
+    # Already on the hyperplane.
+    ((0.5, 0.5), (1.0, -1.0), 0.0, (0.0, 0.0)),
+])
+def test_projection_by_hand(point, normal, offset, step):
+    step_found = fab.project_linf(np.array([point]), np.array([normal]), np.array([offset])).numpy()[0]
+    np.testing.assert_allclose(step_found, step, atol=1e-12)
+
+
+def _linear(weights, bias):
+    """Logits x W + c of flat float64 inputs."""
+    return lambda x: tf.matmul(x, tf.constant(weights, tf.float64)) + tf.constant(bias, tf.float64)
+
+
+def _run(model_fn, image, label, target, steps):
+    closest, distance = fab.targeted_run(model_fn, tf.constant([image], tf.float64), tf.constant([label]),
+                                         tf.constant([target]), steps)
+    return closest.numpy()[0], distance.numpy()[0]
+
+
+def test_steps_overshoot_record_and_pull_back_by_hand():
+    """z_1 - z_0 = x1 + x2 - 1.5 from (0.5, 0.5). Step 1: both projections are (0.25, 0.25), so the point moves
+    1.05 * 0.25 to (0.7625, 0.7625), is adversarial and recorded (distance 0.2625), and is pulled back to
+    0.5 + 0.9 * 0.2625 = 0.73625. Step 2: the projection from there is 0.01375 per coordinate, from the clean image
+    0.25, so alpha = 0.01375 / 0.26375 (below 0.1) and the new, closer point is recorded."""
+    model_fn = _linear([[0.0, 1.0], [0.0, 1.0]], [0.0, -1.5])
+    closest, distance = _run(model_fn, (0.5, 0.5), 0, 1, steps=1)
+    np.testing.assert_allclose(closest, (0.7625, 0.7625), atol=1e-12)
+    assert distance == pytest.approx(0.2625, abs=1e-12)
+    alpha = 0.01375 / (0.01375 + 0.25)
+    moved = (0.73625 + 1.05 * 0.01375) * (1 - alpha) + (0.5 + 1.05 * 0.25) * alpha
+    closest, distance = _run(model_fn, (0.5, 0.5), 0, 1, steps=2)
+    np.testing.assert_allclose(closest, (moved, moved), atol=1e-12)
+    assert distance == pytest.approx(moved - 0.5, abs=1e-12) and distance < 0.2625
+
+
+def test_weight_on_the_clean_projection_is_capped_at_alpha_max_by_hand():
+    """One input, z_1 - z_0 = g(x) = 0.2 - (x - 1)^2 from x0 = 0.3. Step 1 lands at x1 = 0.3 + 1.05 * 0.29 / 1.4 =
+    0.5175, still classified 0 (g < 0). Step 2: the projection from x1 is d1 = -g(x1) / g'(x1), from x0
+    d2 = x1 - x0 + d1; d1 / (d1 + d2) is about 0.119, so alpha is capped at 0.1, and the point is adversarial."""
+    model_fn = lambda x: tf.concat([tf.zeros_like(x), 0.2 - tf.square(x - 1.0)], axis=-1)
+    g = lambda x: 0.2 - (x - 1.0) ** 2
+    x0 = 0.3
+    x1 = x0 + 1.05 * -g(x0) / (2 * (1.0 - x0))
+    assert x1 == pytest.approx(0.5175) and g(x1) < 0
+    d1 = -g(x1) / (2 * (1.0 - x1))
+    d2 = x1 - x0 + d1
+    assert d1 / (d1 + d2) > fab.ALPHA_MAX
+    moved = (x1 + 1.05 * d1) * (1 - fab.ALPHA_MAX) + (x0 + 1.05 * d2) * fab.ALPHA_MAX
+    assert g(moved) > 0
+    closest, distance = _run(model_fn, (x0,), 0, 1, steps=2)
+    assert closest[0] == pytest.approx(moved, abs=1e-12) and distance == pytest.approx(moved - x0, abs=1e-12)
+
+
+def test_clamp_to_the_box_and_unreachable_targets_by_hand():
+    """z_1 - z_0 = x1 - 0.99 from (0.5, 0.5): the step 1.05 * 0.49 ends at 1.0145, clamped to 1, which is adversarial
+    at distance 0.5; the second coordinate (zero gradient) never moves. With z_1 - z_0 = x1 - 1.6 the box never
+    reaches the boundary: nothing is recorded and the attack leaves the image."""
+    closest, distance = _run(_linear([[0.0, 1.0], [0.0, 0.0]], [0.0, -0.99]), (0.5, 0.5), 0, 1, steps=1)
+    np.testing.assert_allclose(closest, (1.0, 0.5), atol=1e-12)
+    assert distance == pytest.approx(0.5, abs=1e-12)
+    unreachable = _linear([[0.0, 1.0], [0.0, 0.0]], [0.0, -1.6])
+    closest, distance = _run(unreachable, (0.5, 0.5), 0, 1, steps=5)
+    assert distance == np.inf and np.all(closest == (0.5, 0.5))
+    adversarial, broken = fab.attack(unreachable, tf.constant([[0.5, 0.5]], tf.float64), [0], 1.0, steps=5)
+    assert not broken.numpy()[0] and np.all(adversarial.numpy() == [[0.5, 0.5]])
+
+
+def test_targets_in_turn_acceptance_and_misclassified_examples_by_hand():
+    """Logits (0, x1 - 0.6, 10 (x2 - 0.52)). From (0.5, 0.5) (class 0) the targets rank 1 (logit -0.1), then 2
+    (-0.2). One step towards class 1 ends at (0.605, 0.5) (distance 0.105); towards class 2 at (0.5, 0.521)
+    (distance 0.021). The first target that succeeds within epsilon wins, and a point counts when its distance is
+    <= epsilon. (0.7, 0.5) labelled 0 is misclassified from the start: never attacked, never counted as broken."""
+    model_fn = _linear([[0.0, 1.0, 0.0], [0.0, 0.0, 10.0]], [0.0, -0.6, -5.2])
+    images = tf.constant([[0.5, 0.5], [0.7, 0.5]], tf.float64)
+    labels = [0, 0]
+    np.testing.assert_array_equal(fab.ranked_targets(model_fn(images), tf.constant(labels), 2).numpy()[0], (1, 2))
+
+    def fab_t(epsilon, target_classes):
+        adversarial, broken = fab.attack(model_fn, images, labels, epsilon, steps=1, target_classes=target_classes)
+        np.testing.assert_array_equal(adversarial.numpy()[1], (0.7, 0.5))
+        assert not broken.numpy()[1]
+        return adversarial.numpy()[0], broken.numpy()[0]
+
+    adversarial, broken = fab_t(0.2, 2)
+    assert broken and np.allclose(adversarial, (0.605, 0.5), atol=1e-12)
+    adversarial, broken = fab_t(0.05, 1)
+    assert not broken and np.all(adversarial == (0.5, 0.5))
+    adversarial, broken = fab_t(0.05, 2)
+    assert broken and np.allclose(adversarial, (0.5, 0.521), atol=1e-12)
+    _, distance = _run(model_fn, (0.5, 0.5), 0, 1, steps=1)
+    assert fab_t(float(distance), 1)[1] and not fab_t(float(np.nextafter(distance, 0.0)), 1)[1]
+
+
 def test_on_a_linear_model_fab_finds_the_boundary():
     """For logits x W + c the target boundary is a hyperplane: FAB's closest point must lie within a few percent of
     its exact L-inf distance, and no misclassified point can be closer than the nearest boundary of any class."""
@@ -132,16 +235,17 @@ def test_fab_t_accuracy_falls_with_the_radius_and_reaches_zero(trained):
     assert accuracies == sorted(accuracies, reverse=True) and accuracies[-1] == 0.0
 
 
-def test_fab_t_is_eager_only_and_rejects_bad_steps(trained):
+def test_fab_t_runs_inside_tf_function_like_eagerly_and_rejects_bad_steps(trained):
     model, images, labels = trained
+    images, labels = images[:16], labels[:16]
     config = attacks.AttackConfig(name="fab_t", epsilon=EPSILON, steps=STEPS)
+    assert "fab_t" not in attacks.EAGER_ONLY_ATTACKS
 
     @tf.function
     def traced(x, y):
         return attacks.generate(_logits_fn(model), x, y, config, seed=None)
 
-    with pytest.raises(RuntimeError, match="fab_t"):
-        traced(images[:2], labels[:2])
+    np.testing.assert_allclose(traced(images, labels).numpy(), _fab_t(_logits_fn(model), images, labels), atol=1e-6)
     with pytest.raises(ValueError, match="steps"):
         attacks.AttackConfig(name="fab_t", epsilon=EPSILON, steps=0).validate()
 

@@ -1,11 +1,12 @@
 """Every flagfile in flags/ parses and describes a valid run."""
+import dataclasses
 import glob
 import os
 
 import pytest
 
 from bin import search as search_app
-from rst_tf import trainer
+from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "*.cfg")))
@@ -38,7 +39,7 @@ def test_quick_baseline_matches_the_quick_search_but_for_the_mode(monkeypatch):
     search_app.FLAGS.unparse_flags()
     rst, dense = configs["cifar10_quick.cfg"], configs["cifar10_quick_dense_at.cfg"]
     assert rst.mode == "rst" and dense.mode == "dense_at"
-    assert trainer.dataclasses.replace(dense, mode="rst") == rst
+    assert dataclasses.replace(dense, mode="rst") == rst
 
 
 REPRODUCE_FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "flags", "reproduce", "*.cfg")))
@@ -60,3 +61,16 @@ def test_reproduce_flagfile_plans_a_valid_study(path):
         assert len(ratios) >= 4
     else:
         assert ratios == ["0.01", "0.02", "0.05", "0.07", "0.1", "0.15", "0.2", "0.3", "0.5", "0.7", "0.9"]
+
+
+def test_every_config_field_is_a_flag_with_its_default():
+    """bin/search's flags are SearchConfig's fields, with its defaults (but --data_dir: $RST_TF_DATA_DIR)."""
+    flags = search_app.FLAGS
+    flags.unparse_flags()
+    flags(["search", "--data_dir="])
+    try:
+        assert search_app.config_from_flags() == SearchConfig()
+        for field in dataclasses.fields(SearchConfig):
+            assert flags[field.name].help.startswith(field.metadata["help"]), field.name
+    finally:
+        flags.unparse_flags()

@@ -47,6 +47,31 @@ def test_scale_fan_scales_to_the_kept_fan_in():
     np.testing.assert_allclose(np.abs(values), math.sqrt(2.0 / (FAN_IN * 0.25)), rtol=1e-6)
 
 
+# The paper's code: with scale_fan, signed_constant and kaiming_normal use std = gain / sqrt(fan * k), fan the
+# PyTorch fan-in of the OIHW weight (in * kh * kw; its configs all say mode fan_in), gain sqrt(2) for ReLU.
+def test_scale_fan_scales_the_kaiming_normal_fan_in():
+    values = draw("kaiming_normal", scale_fan=True, remaining_ratio=0.3)
+    assert values.var() == pytest.approx(2.0 / (FAN_IN * 0.3), rel=0.02)
+
+
+@pytest.mark.parametrize("method", ["xavier_normal", "kaiming_uniform"])
+def test_scale_fan_leaves_xavier_and_kaiming_uniform_as_they_are(method):
+    assert draw(method, scale_fan=True, remaining_ratio=0.3).tobytes() == draw(method).tobytes()
+
+
+def test_score_initializer_fan_in_per_pattern():
+    """Fan-in of the score tensor, as PyTorch counts it on the OIHW scores of the paper's code."""
+    kh, kw, cin, cout = SHAPE
+    expected = {"element": cin * kh * kw, "row": cin * kh, "kernel": cin}
+    for sparsity, shape in (("element", SHAPE), ("row", (kh, 1, cin, cout)), ("kernel", (1, 1, cin, cout))):
+        initializer = initializers.score_initializer(shape, sparsity, (0, 1))
+        assert initializer.get_config()["fan_in"] == expected[sparsity]
+        values = initializer(shape).numpy()
+        assert values.max() <= 1 / math.sqrt(expected[sparsity]) < values.max() * 1.02
+    channel = initializers.score_initializer((1, 1, 1, 4096), "channel", (0, 1))((1, 1, 1, 4096)).numpy()
+    assert channel.std() == pytest.approx(1.0, rel=0.04)
+
+
 @pytest.mark.parametrize("method", initializers.WEIGHT_INITS)
 def test_same_seed_same_bits_other_seed_other_bits(method):
     assert draw(method).tobytes() == draw(method).tobytes()

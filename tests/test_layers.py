@@ -1,4 +1,6 @@
-"""MaskedConv2D / MaskedDense: kept fractions, gradients, trainable parts, supplied masks, saving."""
+"""MaskedConv2D / MaskedDense: kept fractions, score init, gradients, trainable parts, supplied masks, saving."""
+import math
+
 import numpy as np
 import pytest
 import keras
@@ -32,6 +34,60 @@ def test_kept_fraction_is_exact_for_every_pattern(sparsity, remaining_ratio):
         effective = layer.masked_kernel().numpy()
         group = layer.kernel.shape.num_elements() // mask.size
         assert np.count_nonzero(effective) == mask.sum() * group
+
+
+def torch_score_fan_in(score_shape_oihw):
+    """PyTorch's fan-in of a tensor: size(1) times the product of the sizes after it."""
+    return score_shape_oihw[1] * math.prod(score_shape_oihw[2:])
+
+
+# The paper's code (PyTorch, weight OIHW = (out, in, kh, kw)) draws scores of these shapes with
+# kaiming_uniform_(a=sqrt(5)) (element, row, kernel) or normal_(0, 1) (channel).
+OUT, IN, KH, KW = 128, 64, 3, 3
+TORCH_SCORE_SHAPES = {"element": (OUT, IN, KH, KW), "row": (OUT, IN, KH), "kernel": (OUT, IN)}
+
+
+@pytest.mark.parametrize("sparsity", ["element", "row", "kernel"])
+def test_conv_score_init_is_kaiming_uniform_of_the_score_tensor(sparsity):
+    layer = layers.MaskedConv2D(OUT, KH, padding=1, sparsity=sparsity, seed=(5, 1))
+    layer.build((None, 8, 8, IN))
+    gain = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
+    bound = gain * math.sqrt(3.0 / torch_score_fan_in(TORCH_SCORE_SHAPES[sparsity]))
+    scores = layer.scores.numpy()
+    assert scores.max() <= bound and scores.min() >= -bound and scores.max() > 0.98 * bound
+    assert scores.var() == pytest.approx(bound ** 2 / 3, rel=0.05)
+
+
+@pytest.mark.parametrize("sparsity", ["element", "row", "kernel"])
+def test_dense_score_init_is_that_of_a_1x1_convolution(sparsity):
+    layer = layers.MaskedDense(256, sparsity=sparsity, seed=(5, 2))
+    layer.build((None, 300))
+    bound = math.sqrt(2.0 / 6.0) * math.sqrt(3.0 / torch_score_fan_in((256, 300, 1, 1)[:len(
+        TORCH_SCORE_SHAPES[sparsity])]))
+    scores = layer.scores.numpy()
+    assert scores.max() <= bound and scores.min() >= -bound and scores.max() > 0.98 * bound
+
+
+@pytest.mark.parametrize("make", [lambda: layers.MaskedConv2D(4096, 1, sparsity="channel", seed=(5, 3)),
+                                  lambda: layers.MaskedDense(4096, sparsity="channel", seed=(5, 4))])
+def test_channel_score_init_is_standard_normal(make):
+    layer = make()
+    layer.build((None, 4, 4, 2) if isinstance(layer, layers.MaskedConv2D) else (None, 2))
+    scores = layer.scores.numpy()
+    assert scores.size == 4096
+    assert abs(scores.mean()) < 0.05 and scores.std() == pytest.approx(1.0, rel=0.04)
+
+
+def test_masked_layers_walk_nested_models_in_build_order():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.MaskedConv2D(4, 3, padding=1, seed=(0, 0), name="a")(inputs)
+    x = layers.TicketBatchNormalization(center=False, scale=False, name="bn")(x)
+    x = layers.MaskedConv2D(4, 1, seed=(0, 1), name="b")(x)
+    inner = keras.Model(inputs, layers.MaskedDense(2, seed=(0, 2), name="c")(keras.layers.Flatten()(x)))
+    outer = keras.Sequential([inner, layers.MaskedDense(3, seed=(0, 3), name="d")])
+    outer.build((None, 8, 8, 3))
+    assert [layer.name for layer in layers.masked_layers(outer)] == ["a", "b", "c", "d"]
+    assert [layer.name for layer in layers.batch_norm_layers(outer)] == ["bn"]
 
 
 @pytest.mark.parametrize("sparsity", masking.SPARSITY_PATTERNS)

@@ -1,11 +1,14 @@
-"""The top-k op, its straight-through gradient, sparsity patterns and bit-packing."""
+"""The top-k op, its straight-through gradient and sparsity patterns."""
+import logging
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import masking
+import keras
+
+from rst_tf import layers, masking
 
 RATIOS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
 
@@ -70,21 +73,6 @@ def test_score_shapes_for_dense_kernels():
         masking.score_shape((8, 16), "block")
 
 
-@pytest.mark.parametrize("shape", [(7,), (3, 3, 5, 9), (1, 1, 1, 1)])
-def test_pack_unpack_round_trip(shape):
-    mask = (np.random.RandomState(0).rand(*shape) > 0.6).astype(np.float32)
-    packed = masking.pack_mask(mask)
-    assert len(packed) == (mask.size + 7) // 8
-    np.testing.assert_array_equal(masking.unpack_mask(packed, shape), mask)
-
-
-def test_pack_rejects_non_binary_and_wrong_sizes():
-    with pytest.raises(ValueError, match="binary"):
-        masking.pack_mask(np.array([0.0, 0.5]))
-    with pytest.raises(ValueError, match="bytes"):
-        masking.unpack_mask(b"\x00\x00", (3,))
-
-
 def test_supplied_masks_nest_and_unwind():
     first, second = object(), object()
     with masking.supplied_masks({first: "a"}):
@@ -93,3 +81,39 @@ def test_supplied_masks_nest_and_unwind():
             assert masking.supplied_mask_for(second) == "b"
         assert masking.supplied_mask_for(second) is None
     assert masking.supplied_mask_for(first) is None
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_many_layer_shapes_trace_the_top_k_once_and_log_no_tracing_warning():
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for index, (filters, size) in enumerate([(4, 3), (5, 1), (6, 3), (7, 1), (8, 3)]):  # 6 shapes with the dense
+        x = layers.MaskedConv2D(filters, size, padding=size // 2, remaining_ratio=0.3, seed=(0, index))(x)
+    outputs = layers.MaskedDense(3, remaining_ratio=0.3, seed=(0, 9))(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    records = _Records()
+    tf.get_logger().addHandler(records)
+    try:
+        for layer in layers.masked_layers(model):
+            layer.binary_mask()
+
+        @tf.function
+        def forward(images):  # as a search step: every mask once, then the network with them
+            masks = layers.current_masks(model)
+            with masking.supplied_masks(masks):
+                return model(images)
+
+        forward(tf.zeros([2, 8, 8, 3]))
+    finally:
+        tf.get_logger().removeHandler(records)
+    assert not [message for message in records.messages
+                if "retracing" in message or "AutoGraph could not transform" in message]
+    assert masking._top_k_flat.experimental_get_tracing_count() == 1

@@ -72,19 +72,22 @@ def test_eot_gradient_is_the_mean_of_every_tickets_gradient(tiny_bank):
 
 
 def test_attacks_on_the_bank_lower_accuracy(tiny_bank):
-    bank, _ = tiny_bank
-    images = _images(24, seed=5)
+    bank, sources = tiny_bank
+    bank = r2s.MaskBank(sources[0], bank.tickets[:2])  # two tickets keep R2S random at two-thirds the graph size
+    images = _images(8, seed=5)
     labels = tf.argmax(bank.logits(images, 0), -1, output_type=tf.int32)  # ticket 0 is right on all of them
     attack = attacks.AttackConfig(name="pgd", epsilon=8 / 255, steps=3, step_size=4 / 255)
-    rand_attack = dataclasses.replace(attacks.autoattack_rand_config(8 / 255, eot_draws=2), steps=3)
+    rand_attack = dataclasses.replace(attacks.autoattack_rand_config(8 / 255, eot_draws=2), steps=2)
     evaluation = r2s.BankEvaluation(bank, attack, seed=0, rand_attack=rand_attack)
     batches = [(images, labels)]
     assert evaluation.ticket_accuracy(batches, 0, attacked=False) == 1.0
     assert evaluation.ticket_accuracy(batches, 0) < 0.5
-    natural = evaluation.r2s_accuracy(batches)
+    natural = evaluation.r2s_correct(batches)
+    assert 0 < natural.mean() < 1  # the defender's draw picks ticket 1 for some images
     for kind in ("vanilla", "eot", "ensemble"):
-        assert evaluation.r2s_accuracy(batches, kind) < natural
-    assert evaluation.r2s_accuracy(batches, "autoattack_rand") <= natural  # 3 steps: may flip none of these
+        attacked = evaluation.r2s_correct(batches, kind, natural)
+        assert attacked.mean() < natural.mean() and np.all(attacked <= natural)
+    assert evaluation.r2s_accuracy(batches, "autoattack_rand") <= natural.mean()  # 2 steps: may flip none of these
     assert evaluation.r2s_accuracy(batches, "eot") == evaluation.r2s_accuracy(batches, "eot")  # seeded
 
 

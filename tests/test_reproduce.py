@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from rst_tf import plots, reproduce, trainer
+from rst_tf import reproduce, reproduction_report
+from rst_tf.evaluation import intervals, plots
+from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS = (0.05, 0.1, 0.2, 0.5)
@@ -48,8 +50,8 @@ PAPER_LIKE = _figures(rst=_by_ratio(0.26, 0.28, 0.29, 0.25), inherited=_by_ratio
 
 
 def test_plan_runs_sources_then_sweeps_with_their_init_from(tmp_path):
-    config = trainer.SearchConfig(width_multiplier=0.0625, epochs=1, mode="finetune", init_from="x",
-                                  remaining_ratio=0.3)
+    config = SearchConfig(width_multiplier=0.0625, epochs=1, mode="finetune", init_from="x",
+                          remaining_ratio=0.3)
     steps = reproduce.plan(config, RATIOS, str(tmp_path))
     names = [step.name for step in steps]
     assert names == ["dense_at", "natural", "rst", "finetune_inherited", "finetune_reinit", "rtt_natural",
@@ -82,11 +84,11 @@ def test_plan_runs_sources_then_sweeps_with_their_init_from(tmp_path):
 
 def test_plan_rejects_bad_ratios(tmp_path):
     with pytest.raises(ValueError, match="remaining_ratios"):
-        reproduce.plan(trainer.SearchConfig(), [0.1, 1.5], str(tmp_path))
+        reproduce.plan(SearchConfig(), [0.1, 1.5], str(tmp_path))
 
 
 def test_claims_hold_for_paper_like_figures():
-    rows = reproduce.claims(PAPER_LIKE)
+    rows = reproduction_report.claims(PAPER_LIKE)
     assert len(rows) == 7
     assert [row["holds"] for row in rows] == [True] * 7, rows
     assert "RST 29.0% (ratio 0.2) vs dense AT 30.0%" in rows[0]["measured"]
@@ -98,7 +100,7 @@ def test_claims_that_the_figures_contradict_do_not_hold():
                        reinit=_by_ratio(0.25, 0.25, 0.25, 0.25), rtt_natural=_by_ratio(0.23, 0.23, 0.23, 0.23),
                        rtt_adversarial=_by_ratio(0.30, 0.30, 0.30, 0.30), task_b=(0.3, 0.2),
                        transfer=((0.30, 0.10), (0.10, 0.30)), r2s_vanilla=0.20, best_single=0.22)
-    verdicts = {row["claim"].split(" (")[0]: row["holds"] for row in reproduce.claims(figures)}
+    verdicts = {row["claim"].split(" (")[0]: row["holds"] for row in reproduction_report.claims(figures)}
     assert verdicts == {
         "RSTs at 5-20% remaining ratio are close to dense AT": False,  # 22% vs 30%
         "Fine-tuning re-initialised RSTs is not better than the RST at 5-20%": False,
@@ -110,11 +112,11 @@ def test_claims_that_the_figures_contradict_do_not_hold():
 
 
 def test_report_has_command_scale_time_claims_and_figures():
-    rows = reproduce.claims(PAPER_LIKE)
+    rows = reproduction_report.claims(PAPER_LIKE)
     rows[1]["holds"] = False
-    config = trainer.SearchConfig(width_multiplier=0.0625, epochs=4, train_examples=5000, test_examples=1000)
-    text = reproduce.markdown_report("python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
-                                     reproduce.scale_of(config, RATIOS, [8, 12]), 5400, PAPER_LIKE, rows,
+    config = SearchConfig(width_multiplier=0.0625, epochs=4, train_examples=5000, test_examples=1000)
+    text = reproduction_report.markdown_report("python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
+                                     reproduction_report.scale_of(config, RATIOS, [8, 12]), 5400, PAPER_LIKE, rows,
                                      {"fig1": "reproduction_figures/fig1.png"}, [8, 12])
     lines = text.splitlines()
     assert "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg" in lines
@@ -160,7 +162,7 @@ def test_epsilon_figure_has_one_axes_per_budget(tmp_path):
 
 
 def test_write_figures_draws_every_figure(tmp_path):
-    written = reproduce.write_figures(PAPER_LIKE, str(tmp_path), [8.0, 12.0])
+    written = reproduction_report.write_figures(PAPER_LIKE, str(tmp_path), [8.0, 12.0])
     assert sorted(written) == ["fig1", "fig2", "fig3", "fig5", "fig6", "transfer"]
     assert all((tmp_path / name).is_file() for name in written.values())
 
@@ -174,7 +176,7 @@ def test_dry_run_lists_the_plan_of_the_cpu_flagfile():
 
 
 @pytest.mark.parametrize("flag", ["--remaining_ratios=0.1,2", "--eval_epsilons=0", "--transfer_ratio=3",
-                                  "--network=nope", "--flagfile=flags/missing.cfg"])
+                                  "--network=nope", "--flagfile=flags/missing.cfg", "--pgd_protocol=official"])
 def test_bad_flags_give_one_error_line(flag):
     result = _app(flag, "--dry_run")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -185,7 +187,7 @@ def test_a_source_folder_holding_another_setting_is_refused(tmp_path):
     import dataclasses
     import json
 
-    step = reproduce.plan(trainer.SearchConfig(epochs=1), RATIOS, str(tmp_path))[0]
+    step = reproduce.plan(SearchConfig(epochs=1), RATIOS, str(tmp_path))[0]
     other = dataclasses.replace(step.config, epochs=2)
     os.makedirs(step.output_dir)
     with open(os.path.join(step.output_dir, "config.json"), "w") as handle:
@@ -195,17 +197,45 @@ def test_a_source_folder_holding_another_setting_is_refused(tmp_path):
 
 
 def test_report_states_the_sampling_noise_of_its_test_subset():
-    assert reproduce.sampling_noise(0.5, 100) == pytest.approx(0.05)
+    assert reproduction_report.sampling_noise(0.5, 100) == pytest.approx(0.05)
     figures = dict(PAPER_LIKE, num_examples=1000)
-    rows = reproduce.claims(figures)
-    config = trainer.SearchConfig(epsilon=0.0313725, epochs=4)
-    scale = reproduce.scale_of(config, RATIOS, [8])
+    rows = reproduction_report.claims(figures)
+    config = SearchConfig(epsilon=0.0313725, epochs=4)
+    scale = reproduction_report.scale_of(config, RATIOS, [8])
     assert scale["search attack"].endswith("at 8/255")
-    text = reproduce.markdown_report("cmd", scale, 60, figures, rows, {}, [8])
+    text = reproduction_report.markdown_report("cmd", scale, 60, figures, rows, {}, [8])
     noise = [line for line in text.splitlines() if line.startswith("Noise:")]
     typical = np.mean([p["robust"] for points in figures["kinds"].values() for p in points])
     error = np.sqrt(typical * (1 - typical) / 1000)
     assert len(noise) == 1 and f"one standard error is {100 * error:.1f} points" in noise[0]
     assert f"about {100 * 2 * np.sqrt(2) * error:.1f} points" in noise[0]
     # Without a count (older caches) the paragraph is left out rather than guessed.
-    assert "Noise:" not in reproduce.markdown_report("cmd", scale, 60, PAPER_LIKE, rows, {}, [8])
+    assert "Noise:" not in reproduction_report.markdown_report("cmd", scale, 60, PAPER_LIKE, rows, {}, [8])
+
+
+def test_transfer_claims_state_both_pgd_protocols_and_every_accuracy_its_interval():
+    other = {"pgd_protocol": "paper", "transfer": {"names": ["ratio_0.05", "ratio_0.1"],
+                                                   "accuracy": [[0.30, 0.10], [0.10, 0.30]]},
+             "r2s": {"natural": 0.4, "vanilla": 0.20, "eot": 0.19,
+                     "best_single": {"name": "ratio_0.1", "natural": 0.41, "attacked": 0.22}}}
+    figures = dict(PAPER_LIKE, num_examples=1000, pgd_protocol="standard", other_protocol=other)
+    rows = {row["claim"].split(" (§")[0]: row for row in reproduction_report.claims(figures)}
+    wilson = lambda value: intervals.format_accuracy(value, 1000)  # noqa: E731
+    transfer = rows["Adversarial examples transfer poorly between RSTs of different ratios"]
+    assert transfer["holds"] is True  # the verdict is the standard protocol's
+    assert transfer["measured"] == ("standard PGD: off-diagonal 34.0% vs diagonal 21.0%; paper PGD: off-diagonal "
+                                    "10.0% vs diagonal 30.0% (does not hold at this scale)")
+    r2s_row = rows["R2S is more robust than the best single RST under PGD-20"]
+    assert r2s_row["measured"] == (
+        f"standard PGD: R2S vanilla {wilson(0.30)}, EOT {wilson(0.21)} vs best single {wilson(0.22)} (ratio_0.1); "
+        f"paper PGD: R2S vanilla {wilson(0.20)}, EOT {wilson(0.19)} vs best single {wilson(0.22)} (ratio_0.1) "
+        "(does not hold at this scale)")
+    assert wilson(0.30) == "30.0% [27.2, 32.9]"
+    assert f"RST {wilson(0.29)} (ratio 0.2) vs dense AT {wilson(0.30)}" in rows[
+        "RSTs at 5-20% remaining ratio are close to dense AT"]["measured"]
+    config = SearchConfig(width_multiplier=0.0625, epochs=4)
+    text = reproduction_report.markdown_report("cmd", reproduction_report.scale_of(config, RATIOS, [8, 12], "paper"),
+                                               60, figures, list(rows.values()), {}, [8, 12])
+    assert "measured under both PGD protocols: standard and paper" in text
+    assert f"| RST | 0.2 | 40.0% | {wilson(0.29)} | {wilson(0.145)} |" in text.splitlines()
+    assert "evaluation PGD-20 (paper protocol) at 8, 12/255" in text

@@ -79,7 +79,7 @@ def test_search_lowers_the_adversarial_loss_on_real_images(cifar10_path):
 
 def test_mask_search_alone_fits_real_images(cifar10_path):
     """A few hundred score-only SGD steps on a small real CIFAR-10 set: loss falls, accuracy leaves chance."""
-    from rst_tf import evaluate
+    from rst_tf.evaluation import attacked as evaluate
     splits = data.load_splits("cifar10", cifar10_path, validation_examples=0, train_examples=128,
                               test_examples=8, seed=2)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",

@@ -1,4 +1,5 @@
 """Sweeps over remaining ratios: bin/sweep end to end, skipping finished runs, resuming killed ones, bad input."""
+import dataclasses
 import json
 import os
 import shutil
@@ -7,7 +8,9 @@ import sys
 
 import pytest
 
-from rst_tf import sweep, trainer
+from rst_tf import sweep
+from rst_tf.training import run_dir
+from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "bin", "sweep.py")
@@ -25,7 +28,7 @@ def run_sweep_app(*args, cifar10_path):
 def finished_sweep(tmp_path_factory, cifar10_path):
     """A finished sweep over two ratios."""
     output_dir = tmp_path_factory.mktemp("sweeps") / "tiny"
-    sweep.run_sweep(trainer.SearchConfig(data_dir=cifar10_path, **TINY), [0.2, 0.5], str(output_dir))
+    sweep.run_sweep(SearchConfig(data_dir=cifar10_path, **TINY), [0.2, 0.5], str(output_dir))
     return output_dir
 
 
@@ -69,7 +72,7 @@ def test_sweep_again_skips_finished_runs_and_resumes_killed_ones(tmp_path, finis
     metrics = json.loads(killed.read_text())
     killed.write_text(json.dumps({key: value for key, value in metrics.items() if key != "final"}))
     before = {name: checkpoint_times(output_dir / name) for name in ("ratio_0.2", "ratio_0.5")}
-    config = trainer.read_config(str(output_dir / "ratio_0.2"))
+    config = run_dir.read_config(str(output_dir / "ratio_0.2"))
     messages = []
     summary = sweep.run_sweep(config, [0.2, 0.5], str(output_dir), log=messages.append)
     assert "ratio_0.2: finished, skipped" in messages
@@ -81,13 +84,13 @@ def test_sweep_again_skips_finished_runs_and_resumes_killed_ones(tmp_path, finis
 
 
 def test_sweep_refuses_bad_settings_before_running(tmp_path, finished_sweep):
-    config = trainer.read_config(str(finished_sweep / "ratio_0.2"))
+    config = run_dir.read_config(str(finished_sweep / "ratio_0.2"))
     with pytest.raises(ValueError, match="holds a run with seed 3, not 4"):
-        sweep.run_sweep(trainer.dataclasses.replace(config, seed=4), [0.2], str(finished_sweep))
+        sweep.run_sweep(dataclasses.replace(config, seed=4), [0.2], str(finished_sweep))
     with pytest.raises(ValueError, match="mode must be one of"):
-        sweep.run_sweep(trainer.dataclasses.replace(config, mode="dense_at"), [0.2], str(tmp_path / "dense"))
+        sweep.run_sweep(dataclasses.replace(config, mode="dense_at"), [0.2], str(tmp_path / "dense"))
     with pytest.raises(ValueError, match="init_from .*ratio_0.1 holds no search run"):
-        sweep.run_sweep(trainer.dataclasses.replace(config, mode="finetune",
+        sweep.run_sweep(dataclasses.replace(config, mode="finetune",
                                                     init_from=str(finished_sweep / "ratio_{ratio}")),
                         [0.2, 0.1], str(tmp_path / "finetune"))
     assert not (tmp_path / "dense").exists() and not (tmp_path / "finetune").exists()

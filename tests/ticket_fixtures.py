@@ -1,5 +1,5 @@
 """Tiny tickets of one random network for the R2S and export tests: distinct random masks and BatchNorm statistics
-(as different searches would leave), and run folders that `trainer.load_run` reads."""
+(as different searches would leave), and run folders that `run_dir.load_run` reads."""
 import dataclasses
 import json
 import os
@@ -7,21 +7,23 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import layers, r2s, trainer
+from rst_tf import layers, r2s
+from rst_tf.training import build
+from rst_tf.training.config import SearchConfig
 
 IMAGE_SHAPE = (32, 32, 3)
 RATIOS = (0.1, 0.2, 0.3)
 
 
 def tiny_config(remaining_ratio, seed=0, **overrides):
-    return trainer.SearchConfig(network="resnet18", width_multiplier=1 / 16, remaining_ratio=remaining_ratio,
-                                seed=seed, **overrides)
+    return SearchConfig(network="resnet18", width_multiplier=1 / 16, remaining_ratio=remaining_ratio,
+                        seed=seed, **overrides)
 
 
 def searched_network(config, num_classes=10, variation=0):
     """The config's random network with scores redrawn from `variation` and BatchNorm statistics of the resulting
     masks: a stand-in for a finished search (the weights stay those of the seed)."""
-    network = trainer.build_network(config, num_classes, IMAGE_SHAPE)
+    network = build.build_network(config, num_classes, IMAGE_SHAPE)
     rng = np.random.default_rng(1000 + variation)
     for layer in layers.masked_layers(network):
         layer.scores.assign(rng.standard_normal(layer.scores.shape).astype(np.float32))

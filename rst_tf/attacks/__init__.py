@@ -6,7 +6,7 @@ One module per family: `pgd` (fgsm, fgsm_rs, pgd, pgd_l2, cw_inf), `apgd`, `fab`
 """
 import tensorflow as tf
 
-from rst_tf.attacks import apgd, autoattack, bandits, core, cw_l2, fab, pgd
+from rst_tf.attacks import apgd, autoattack, bandits, core, cw_l2, fab, pgd, square, trades
 from rst_tf.attacks.config import (AUTOATTACK_RAND_EOT_DRAWS, AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS,
                                    FGSM_RS_STEP_RATIO, PGD_PROTOCOLS, AttackConfig, autoattack_config,
                                    autoattack_rand_config, bandits_config, cw_l2_config, fab_t_config,
@@ -14,10 +14,12 @@ from rst_tf.attacks.config import (AUTOATTACK_RAND_EOT_DRAWS, AUTOATTACK_SQUARE_
 from rst_tf.attacks.core import RNG_ALG
 
 # name -> run(model_fn, images, labels, config, seed, noise_rows, unroll)
-REGISTRY = {**pgd.RUNS, **cw_l2.RUNS, **bandits.RUNS, **apgd.RUNS, **fab.RUNS, **autoattack.RUNS}
+REGISTRY = {**pgd.RUNS, **cw_l2.RUNS, **bandits.RUNS, **apgd.RUNS, **fab.RUNS, **square.RUNS, **autoattack.RUNS,
+            **trades.RUNS}
 ATTACKS = ("none",) + tuple(REGISTRY)
 EAGER_ONLY_ATTACKS = tuple(name for name in REGISTRY if AttackConfig(name=name).eager_only)
 autoattack_settings = autoattack.autoattack_settings
+square_config = square.square_config
 autoattack_rand_settings = autoattack.autoattack_rand_settings
 
 

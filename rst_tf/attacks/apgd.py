@@ -1,91 +1,117 @@
-"""APGD, L-inf, untargeted (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
-diverse parameter-free attacks", Algorithm 1), with expectation over transformation (EOT) for randomised models.
+"""APGD, L-inf (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks"): APGD-CE, APGD-DLR and APGD-T, rule for rule as the authors' code (fra31/auto-attack,
+``APGDAttack`` and ``APGDAttack_targeted``), with expectation over transformation (EOT) for randomised models.
 
-Written with plain TensorFlow ops and ``tf.while_loop``s: it runs eagerly and inside ``tf.function``. Every
-example has its own step size, best point and checkpoint decisions (vectorised over the batch). ``model_fn`` may
-hold unseeded random ops (e.g. draw a mask per call): each of the ``eot_draws`` calls per gradient runs them anew.
+The rules of one run of ``steps`` iterations:
+- start ``x + epsilon * t / max|t|`` with ``t`` uniform in [-1, 1] (stateless, from the seed), clipped to the box;
+- step size ``2 * epsilon`` per example; momentum 1.0 at the first iteration, then 0.75;
+- checkpoints after ``n_2 = max(int(0.22 steps), 1)`` iterations, then every ``k`` iterations with
+  ``k = max(k - max(int(0.03 steps), 1), max(int(0.06 steps), 1))``; at a checkpoint an example halves its step
+  size and goes back to its best point and that point's gradient if at most ``0.75 k`` of the last ``k``
+  iterations raised the loss over the previous iterate (the loss history is a ring of ``steps`` entries that
+  starts at zero, so at the first checkpoint the first iterate is compared with 0), or if it did not halve at the
+  previous checkpoint and its best loss has not risen since (never at the first checkpoint);
+- the best point is the iterate of highest loss; any misclassified iterate is kept as the adversarial example.
 
-The checkpoint conditions follow the paper: condition 1 counts the steps whose loss exceeds the previous iterate's
-(strictly fewer than 0.75 of the window), and condition 2 may already hold at the first checkpoint. The official
-code differs slightly (``<=`` in condition 1, condition 2 off at the first checkpoint).
+Written with plain TensorFlow ops and ``tf.while_loop``s over the batch (every example has its own state): it
+runs eagerly and inside ``tf.function``. ``model_fn`` may hold unseeded random ops: each gradient, loss and logit
+is the mean over ``eot_draws`` calls (and over the draws of rank-3 logits).
 """
-import math
-
 import numpy as np
 import tensorflow as tf
 
 from rst_tf.attacks import config as config_lib
 from rst_tf.attacks import core
 
-LOSSES = ("ce", "dlr")
+LOSSES = ("ce", "dlr", "dlr_targeted")
 MOMENTUM = 0.75
-# Condition 1: fewer than RHO of the steps since the last checkpoint raised the loss.
-RHO = 0.75
+RHO = 0.75  # an example halves if at most RHO of the last window's iterations raised the loss
 INITIAL_STEP_RATIO = 2.0  # the step size starts at 2 * epsilon
+_GUARD = 1e-12  # the reference's guard in divisions
+
+
+def schedule(steps):
+    """(first window, smallest window, window decrease) of the reference for ``steps`` iterations."""
+    return max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
 
 
 def checkpoints(steps):
-    """The iterations w_j = ceil(p_j * steps) after which the step size may be halved: p_0 = 0, p_1 = 0.22,
-    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), for 0 < w_j <= steps, without repeats."""
-    previous, current = 0.0, 0.22
-    found = []
-    while current <= 1.0:
-        # Rounded so that e.g. 0.7000000000000001 * 100 gives 70, not 71.
-        iteration = math.ceil(round(current * steps, 9))
-        if 0 < iteration <= steps and iteration not in found:
-            found.append(iteration)
-        previous, current = current, round(current + max(current - previous - 0.03, 0.06), 9)
+    """[(iterations done, window)]: after that many iterations the step size is checked over the last `window`."""
+    window, smallest, decrease = schedule(steps)
+    found, done = [], 0
+    while done + window <= steps:
+        done += window
+        found.append((done, window))
+        window = max(window - decrease, smallest)
     return found
 
 
-def dlr_loss(logits, labels):
-    """Difference of logits ratio: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), z_pi sorted descending."""
-    if logits.shape[-1] is not None and logits.shape[-1] < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
-    top3 = tf.math.top_k(logits, k=3).values
+def _top(logits, count):
+    if logits.shape[-1] is not None and logits.shape[-1] < count:
+        raise ValueError(f"this DLR loss needs at least {count} classes, got {logits.shape[-1]}")
+    return tf.math.top_k(logits, k=count).values
+
+
+def dlr_loss(logits, labels, targets=None):
+    """Difference of logits ratio ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)``, z_pi sorted descending."""
+    top = _top(logits, 3)
     true_logit = tf.gather(logits, labels, axis=-1, batch_dims=1)
     is_true = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
     best_other = tf.reduce_max(tf.where(is_true, tf.constant(-np.inf, logits.dtype), logits), axis=-1)
-    return -(true_logit - best_other) / (top3[:, 0] - top3[:, 2] + 1e-12)
+    return -(true_logit - best_other) / (top[:, 0] - top[:, 2] + _GUARD)
 
 
-def _loss_fn(loss):
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return core.cross_entropy_loss if loss == "ce" else dlr_loss
+def targeted_dlr_loss(logits, labels, targets):
+    """Targeted DLR ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, z_pi sorted descending."""
+    top = _top(logits, 4)
+    true_logit = tf.gather(logits, labels, axis=-1, batch_dims=1)
+    target_logit = tf.gather(logits, targets, axis=-1, batch_dims=1)
+    return -(true_logit - target_logit) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + _GUARD)
+
+
+_LOSS_FNS = {"ce": lambda logits, labels, targets: core.cross_entropy_loss(logits, labels),
+             "dlr": dlr_loss, "dlr_targeted": targeted_dlr_loss}
 
 
 def uniform_start(images, seed, epsilon, clip_min=0.0, clip_max=1.0, noise_rows=None):
-    """``images`` plus stateless (Philox) noise uniform in the L-inf epsilon-ball, clipped to the box.
+    """``images + epsilon * t / max|t|`` per example, ``t`` stateless (Philox) uniform in [-1, 1], clipped to the box.
     `noise_rows`: as in `core.random_start`."""
     shape = tf.shape(images)
     if noise_rows is not None:
         first_row, global_batch = noise_rows
         shape = tf.concat([tf.reshape(tf.cast(global_batch, tf.int32), [1]), shape[1:]], axis=0)
-    noise = tf.random.stateless_uniform(
-        shape, seed, minval=-epsilon, maxval=epsilon, dtype=images.dtype, alg=core.RNG_ALG)
+    t = tf.random.stateless_uniform(shape, seed, minval=-1.0, maxval=1.0, dtype=images.dtype, alg=core.RNG_ALG)
     if noise_rows is not None:
-        noise = noise[tf.cast(first_row, tf.int32):][:tf.shape(images)[0]]
-    return tf.clip_by_value(images + noise, clip_min, clip_max)
+        t = t[tf.cast(first_row, tf.int32):][:tf.shape(images)[0]]
+    largest = tf.reduce_max(tf.abs(t), axis=list(range(1, images.shape.rank)), keepdims=True)
+    return tf.clip_by_value(images + tf.cast(epsilon, images.dtype) * t / (largest + _GUARD), clip_min, clip_max)
 
 
-def _evaluate(model_fn, x, labels, loss_fn, eot_draws):
-    """(loss, input gradient, logits) per example, each averaged over `eot_draws` calls of `model_fn` (rank-3
-    logits are averaged within a call too, see `core.per_example_loss`)."""
+def _draw(model_fn, x, labels, targets, loss_fn):
+    """(per-example loss, its input gradient, logits) of one call; rank-3 logits are averaged over their draws."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = tf.cast(model_fn(x), tf.float32)
+        if logits.shape.rank == 3:
+            draws = tf.shape(logits)[0]
+            flat = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
+            loss = loss_fn(flat, tf.tile(labels, [draws]), tf.tile(targets, [draws]))
+            loss = tf.reduce_mean(tf.reshape(loss, [draws, -1]), axis=0)
+            logits = tf.reduce_mean(logits, axis=0)
+        else:
+            loss = loss_fn(logits, labels, targets)
+        total = tf.reduce_sum(loss)
+    return loss, tape.gradient(total, x), logits
 
-    def draw():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss, logits = core.per_example_loss(model_fn, x, labels, loss_fn)
-            total = tf.reduce_sum(loss)
-        return loss, tape.gradient(total, x), logits
 
-    first = draw()
+def _evaluate(model_fn, x, labels, targets, loss_fn, eot_draws):
+    """(loss, input gradient, logits) per example, each the mean over `eot_draws` calls of `model_fn`."""
+    first = _draw(model_fn, x, labels, targets, loss_fn)
     if eot_draws == 1:
         return first
 
     def body(draw_index, loss_sum, gradient_sum, logits_sum):
-        loss, gradient, logits = draw()
+        loss, gradient, logits = _draw(model_fn, x, labels, targets, loss_fn)
         return draw_index + 1, loss_sum + loss, gradient_sum + gradient, logits_sum + logits
 
     _, loss, gradient, logits = tf.while_loop(
@@ -94,8 +120,8 @@ def _evaluate(model_fn, x, labels, loss_fn, eot_draws):
     return loss / eot_draws, gradient / tf.cast(eot_draws, gradient.dtype), logits / eot_draws
 
 
-def _mean_logits(model_fn, x, eot_draws):
-    """Logits averaged over `eot_draws` forward passes (and over the draws of rank-3 logits)."""
+def mean_logits(model_fn, x, eot_draws=1):
+    """Logits averaged over `eot_draws` calls (and over the draws of rank-3 logits)."""
 
     def draw():
         logits = tf.cast(model_fn(x), tf.float32)
@@ -110,127 +136,194 @@ def _mean_logits(model_fn, x, eot_draws):
     return total / eot_draws
 
 
-def run(model_fn, images, labels, start, epsilon, steps, loss="ce", eot_draws=1, clip_min=0.0, clip_max=1.0):
-    """One APGD run from `start` (in the epsilon-ball around `images`).
+def oscillating(history, iteration, window):
+    """Whether at most ``RHO * window`` of the losses ``history[iteration - window + 1 .. iteration]`` exceed the
+    entry before them; ``history`` is [steps, batch] and index -1 wraps to the last row, as in the reference."""
+    previous = tf.roll(history, shift=1, axis=0)
+    rows = tf.range(tf.shape(history)[0])[:, None]
+    in_window = (rows <= iteration) & (rows > iteration - window)
+    raised = tf.reduce_sum(tf.cast(in_window & (history > previous), tf.float32), axis=0)
+    return raised <= RHO * tf.cast(window, tf.float32)
 
-    Returns `(adversarial, fooled)`: per example a misclassified point if one was found (the clean image if the
-    model already misclassifies it), else the point of highest loss; `fooled` says which. "Misclassified" uses the
-    logits averaged over the `eot_draws` calls.
+
+def _check_arguments(steps, eot_draws, epsilon, loss):
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    for name, value in (("steps", steps), ("eot_draws", eot_draws)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    core.check_epsilon(epsilon)
+
+
+def run(model_fn, images, labels, start, epsilon, steps, loss="ce", targets=None, eot_draws=1, clip_min=0.0,
+        clip_max=1.0):
+    """One APGD run of `steps` iterations from `start` (in the epsilon-ball around `images`).
+
+    `targets` (class ids [batch]) is needed by ``loss="dlr_targeted"`` only. Returns a dict: ``adversarial`` (the
+    last misclassified iterate, or `start` if none), ``fooled`` (some iterate, the start included, was
+    misclassified), ``best`` and ``best_loss`` (the iterate of highest loss) and the final ``step_size``.
     """
-    loss_fn = _loss_fn(loss)
-    if isinstance(eot_draws, bool) or not isinstance(eot_draws, (int, np.integer)) or eot_draws < 1:
-        raise ValueError(f"eot_draws must be an integer >= 1, got {eot_draws!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_arguments(steps, eot_draws, epsilon, loss)
+    loss_fn = _LOSS_FNS[loss]
     images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
     labels = core.as_class_ids(labels)
+    targets = labels if targets is None else tf.cast(targets, labels.dtype)
     dtype = images.dtype
-    start = tf.cast(start, dtype)
     epsilon = tf.cast(epsilon, dtype)
     lower = tf.maximum(images - epsilon, clip_min)
     upper = tf.minimum(images + epsilon, clip_max)
-    project = lambda x: tf.clip_by_value(x, lower, upper)
-    rows = lambda flags: tf.reshape(flags, [-1] + [1] * (images.shape.rank - 1))
-    predicted_wrong = lambda logits: tf.not_equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
+    rows = lambda flags: core.expand_rows(flags, images)
 
-    clean_wrong = predicted_wrong(_mean_logits(model_fn, images, eot_draws))
-    loss, gradient, logits = _evaluate(model_fn, start, labels, loss_fn, eot_draws)
-    start_wrong = predicted_wrong(logits) & ~clean_wrong
-    fooled = clean_wrong | start_wrong
-    adversarial = tf.where(rows(clean_wrong), images, start)
-
-    # Step-size schedule: is iteration k a checkpoint, and how many iterations since the previous one.
+    start = tf.cast(start, dtype)
+    loss, gradient, logits = _evaluate(model_fn, start, labels, targets, loss_fn, eot_draws)
     marks = checkpoints(steps)
-    is_checkpoint = np.zeros(steps + 1, bool)
-    is_checkpoint[marks] = True
-    window = np.zeros(steps + 1, np.float32)
-    window[marks] = np.diff([0] + marks)
-    is_checkpoint, window = tf.constant(is_checkpoint), tf.constant(window)
+    window = np.zeros(steps, np.int32)
+    window[[done - 1 for done, _ in marks]] = [size for _, size in marks]
+    window = tf.constant(window)  # window[i] > 0: a checkpoint after iteration i (0-based)
 
     batch = tf.shape(images)[0]
     state = dict(
-        x=start, x_previous=start, gradient=gradient, loss=loss,
-        x_best=start, gradient_best=gradient, loss_best=loss,
-        adversarial=adversarial, fooled=fooled,
-        step_size=tf.fill([batch], INITIAL_STEP_RATIO * epsilon),
-        increases=tf.zeros([batch], tf.float32),
-        loss_best_at_checkpoint=loss,
-        halved_at_checkpoint=tf.zeros([batch], tf.bool),
+        x=start, x_previous=start, gradient=gradient,
+        best=start, gradient_best=gradient, best_loss=loss,
+        adversarial=start, fooled=core.predicted_wrong(logits, labels),
+        step_size=tf.fill([batch], tf.cast(INITIAL_STEP_RATIO, dtype) * epsilon),
+        history=tf.zeros([steps, batch], tf.float32),
+        best_loss_at_check=loss, reduced_at_check=tf.ones([batch], tf.bool),
     )
 
-    def body(k, s):
-        momentum = tf.where(k == 0, tf.constant(1.0, dtype), tf.constant(MOMENTUM, dtype))
-        z = project(s["x"] + rows(s["step_size"]) * tf.sign(s["gradient"]))
-        x = project(s["x"] + momentum * (z - s["x"]) + (1 - momentum) * (s["x"] - s["x_previous"]))
-        loss, gradient, logits = _evaluate(model_fn, x, labels, loss_fn, eot_draws)
-        wrong = predicted_wrong(logits)
-        adversarial = tf.where(rows(wrong & ~clean_wrong), x, s["adversarial"])
-        increases = s["increases"] + tf.cast(loss > s["loss"], tf.float32)
-        better = loss > s["loss_best"]
-        x_best = tf.where(rows(better), x, s["x_best"])
-        gradient_best = tf.where(rows(better), gradient, s["gradient_best"])
-        loss_best = tf.where(better, loss, s["loss_best"])
+    def body(i, s):
+        momentum = tf.where(i > 0, tf.constant(MOMENTUM, dtype), tf.constant(1.0, dtype))
+        x = s["x"]
+        z = tf.clip_by_value(x + rows(s["step_size"]) * tf.sign(s["gradient"]), lower, upper)
+        x_new = tf.clip_by_value(x + (z - x) * momentum + (x - s["x_previous"]) * (1 - momentum), lower, upper)
+        loss, gradient, logits = _evaluate(model_fn, x_new, labels, targets, loss_fn, eot_draws)
+        wrong = core.predicted_wrong(logits, labels)
+        adversarial = tf.where(rows(wrong), x_new, s["adversarial"])
+        history = tf.tensor_scatter_nd_update(s["history"], [[i]], loss[None])
+        improved = loss > s["best_loss"]
+        best = tf.where(rows(improved), x_new, s["best"])
+        gradient_best = tf.where(rows(improved), gradient, s["gradient_best"])
+        best_loss = tf.where(improved, loss, s["best_loss"])
 
-        # Checkpoint after iteration k + 1: halve the step size and go back to the best point if too few steps
-        # raised the loss (condition 1), or if the step size and the best loss are unchanged since the
-        # previous checkpoint (condition 2).
-        checkpoint = is_checkpoint[k + 1]
-        condition_1 = increases < RHO * window[k + 1]
-        condition_2 = ~s["halved_at_checkpoint"] & (loss_best <= s["loss_best_at_checkpoint"])
-        halve = checkpoint & (condition_1 | condition_2)
-        return k + 1, dict(
-            x=tf.where(rows(halve), x_best, x),
-            x_previous=s["x"],
-            gradient=tf.where(rows(halve), gradient_best, gradient),
-            loss=tf.where(halve, loss_best, loss),
-            x_best=x_best, gradient_best=gradient_best, loss_best=loss_best,
-            adversarial=tf.stop_gradient(adversarial), fooled=s["fooled"] | wrong,
-            step_size=tf.where(halve, s["step_size"] / 2, s["step_size"]),
-            increases=tf.where(checkpoint, tf.zeros_like(increases), increases),
-            loss_best_at_checkpoint=tf.where(checkpoint, loss_best, s["loss_best_at_checkpoint"]),
-            halved_at_checkpoint=tf.where(checkpoint, halve, s["halved_at_checkpoint"]),
+        size = window[i]
+        checkpoint = size > 0
+        no_improvement = ~s["reduced_at_check"] & (s["best_loss_at_check"] >= best_loss)
+        reduce = checkpoint & (oscillating(history, i, size) | no_improvement)
+        return i + 1, dict(
+            x=tf.where(rows(reduce), best, x_new), x_previous=x,
+            gradient=tf.where(rows(reduce), gradient_best, gradient),
+            best=best, gradient_best=gradient_best, best_loss=best_loss,
+            adversarial=adversarial, fooled=s["fooled"] | wrong,
+            step_size=tf.where(reduce, s["step_size"] / 2, s["step_size"]),
+            history=history,
+            best_loss_at_check=tf.where(checkpoint, best_loss, s["best_loss_at_check"]),
+            reduced_at_check=tf.where(checkpoint, reduce, s["reduced_at_check"]),
         )
 
-    _, state = tf.while_loop(lambda k, s: k < steps, body, (tf.constant(0), state), maximum_iterations=steps)
-    adversarial = tf.where(rows(state["fooled"]), state["adversarial"], state["x_best"])
-    return tf.stop_gradient(adversarial), state["fooled"]
+    _, state = tf.while_loop(lambda i, s: i < steps, body, (tf.constant(0), state), maximum_iterations=steps)
+    keys = ("adversarial", "fooled", "best", "best_loss", "step_size")
+    return {key: tf.stop_gradient(state[key]) for key in keys}
 
 
-def apgd(model_fn, images, labels, epsilon, steps, loss="ce", eot_draws=1, seed=(0, 0), clip_min=0.0, clip_max=1.0,
-         noise_rows=None):
-    """APGD-CE (`loss="ce"`) or APGD-DLR (`loss="dlr"`), L-inf, untargeted, `steps` iterations, one run.
+def _run_on(robust, adversarial, images, labels, start, targets, run_args):
+    """`run` on the examples flagged `robust`; those it fools get its adversarial example and leave `robust`."""
+    remaining = tf.where(robust)[:, 0]
 
-    Args:
-      model_fn: images -> logits `[batch, classes]`, or `[draws, batch, classes]` (the loss is averaged over the
-        draws, see `core.per_example_loss`). It may be random (unseeded ops): each gradient is the mean of
-        `eot_draws` gradients, each from its own call.
-      images, labels: a batch in [clip_min, clip_max] and its integer class ids `[batch]`.
-      epsilon: the L-inf radius; the step size starts at 2 * epsilon and is halved per example at checkpoints.
-      seed: shape [2] int seed of the stateless random start (uniform in the epsilon-ball).
-      noise_rows: optional `(first_row, global_batch_size)`, as in `core.random_start`.
+    def attack():
+        result = run(run_args["model_fn"], tf.gather(images, remaining), tf.gather(labels, remaining),
+                     tf.gather(start, remaining), targets=None if targets is None else tf.gather(targets, remaining),
+                     **{key: value for key, value in run_args.items() if key != "model_fn"})
+        where = tf.boolean_mask(remaining, result["fooled"])[:, None]
+        found = tf.boolean_mask(result["adversarial"], result["fooled"])
+        return (tf.tensor_scatter_nd_update(adversarial, where, found),
+                tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
+
+    # Models need not accept an empty batch.
+    return tf.cond(tf.size(remaining) > 0, attack, lambda: (adversarial, robust))
+
+
+def untargeted(model_fn, images, labels, epsilon, steps, loss="ce", seed=(0, 0), eot_draws=1, clip_min=0.0,
+               clip_max=1.0, noise_rows=None, start=None):
+    """APGD-CE (`loss="ce"`) or APGD-DLR (`loss="dlr"`) as the reference's ``perturb``: one run on the examples the
+    model classifies correctly, from `start` if given, else from `uniform_start(images, seed, ...)`.
 
     Returns:
-      The adversarial images (see `run`), inside the epsilon-ball and the box, with no gradient path.
+      (adversarial, broken): the fooled examples replaced by their adversarial example (the others keep the clean
+      image), and a boolean [batch]: classified correctly when clean, fooled by the attack.
     """
+    if loss not in ("ce", "dlr"):
+        raise ValueError(f"untargeted APGD loss must be 'ce' or 'dlr', got {loss!r}")
     images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
-    start = uniform_start(images, tf.convert_to_tensor(seed), epsilon, clip_min, clip_max, noise_rows)
-    adversarial, _ = run(model_fn, images, labels, start, epsilon, steps, loss, eot_draws, clip_min, clip_max)
+    labels = core.as_class_ids(labels)
+    clean_logits = mean_logits(model_fn, images, eot_draws)
+    core.check_inputs(images, labels, clean_logits, epsilon, clip_min, clip_max)
+    correct = ~core.predicted_wrong(clean_logits, labels)
+    if start is None:
+        start = uniform_start(images, tf.convert_to_tensor(seed), epsilon, clip_min, clip_max, noise_rows)
+    run_args = dict(model_fn=model_fn, epsilon=epsilon, steps=steps, loss=loss, eot_draws=eot_draws,
+                    clip_min=clip_min, clip_max=clip_max)
+    adversarial, robust = _run_on(correct, images, images, labels, start, None, run_args)
+    return adversarial, correct & ~robust
+
+
+def ranked_targets(clean_logits, labels):
+    """[batch, classes - 1]: the other classes by decreasing clean logit (column r: the target of rank r)."""
+    is_true = tf.one_hot(labels, tf.shape(clean_logits)[-1], on_value=True, off_value=False)
+    masked = tf.where(is_true, tf.constant(-np.inf, clean_logits.dtype), clean_logits)
+    return tf.argsort(masked, axis=-1, direction="DESCENDING", stable=True)[:, :-1]
+
+
+def targeted(model_fn, images, labels, epsilon, steps, seed=(0, 0),
+             target_classes=config_lib.AUTOATTACK_TARGET_CLASSES, eot_draws=1, clip_min=0.0, clip_max=1.0,
+             noise_rows=None):
+    """APGD-T as the reference: for the target of rank r = 1 .. min(target_classes, classes - 1) (the r-th highest
+    non-true clean logit), one targeted-DLR run on the examples still classified correctly, from the start drawn
+    from ``stateless_fold_in(seed, r - 1)``. Returns (adversarial, broken) as `untargeted`."""
+    images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
+    labels = core.as_class_ids(labels)
+    seed = tf.convert_to_tensor(seed)
+    clean_logits = mean_logits(model_fn, images, eot_draws)
+    core.check_inputs(images, labels, clean_logits, epsilon, clip_min, clip_max)
+    classes = clean_logits.shape[-1]
+    if classes is None or classes < 4:
+        raise ValueError(f"APGD-T needs a known number of classes >= 4, got {classes}")
+    ranked = ranked_targets(clean_logits, labels)
+    correct = ~core.predicted_wrong(clean_logits, labels)
+    run_args = dict(model_fn=model_fn, epsilon=epsilon, steps=steps, loss="dlr_targeted", eot_draws=eot_draws,
+                    clip_min=clip_min, clip_max=clip_max)
+
+    def body(rank, adversarial, robust):
+        start = uniform_start(images, core.fold_seed(seed, rank), epsilon, clip_min, clip_max, noise_rows)
+        adversarial, robust = _run_on(robust, adversarial, images, labels, start, ranked[:, rank], run_args)
+        return rank + 1, adversarial, robust
+
+    count = min(target_classes, classes - 1)
+    _, adversarial, robust = tf.while_loop(lambda rank, *_: rank < count, body, (tf.constant(0), images, correct),
+                                           maximum_iterations=count)
+    return adversarial, correct & ~robust
+
+
+def _run_untargeted(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
+    """``apgd_ce`` / ``apgd_dlr``: `untargeted` from ``seed``."""
+    adversarial, _ = untargeted(model_fn, images, labels, config.epsilon, config.steps,
+                                "ce" if config.name == "apgd_ce" else "dlr", seed, config.eot_draws, config.clip_min,
+                                config.clip_max, noise_rows)
     return adversarial
 
 
-def _run_one(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
-    """``apgd_ce`` / ``apgd_dlr``: one APGD run from a uniform start drawn from ``seed``."""
-    start = uniform_start(images, seed, config.epsilon, config.clip_min, config.clip_max, noise_rows)
-    adversarial, _ = run(model_fn, images, labels, start, config.epsilon, config.steps,
-                         "ce" if config.name == "apgd_ce" else "dlr", config.eot_draws, config.clip_min,
-                         config.clip_max)
+def _run_targeted(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
+    """``apgd_t``: `targeted` over the standard 9 targets from ``seed``."""
+    adversarial, _ = targeted(model_fn, images, labels, config.epsilon, config.steps, seed,
+                              eot_draws=config.eot_draws, clip_min=config.clip_min, clip_max=config.clip_max,
+                              noise_rows=noise_rows)
     return adversarial
 
 
 def check_config(config):
+    config_lib.check_positive("epsilon", config.epsilon)
     config_lib.check_int("steps", config.steps, minimum=1)
     config_lib.check_int("eot_draws", config.eot_draws, minimum=1)
 
 
-RUNS = {"apgd_ce": _run_one, "apgd_dlr": _run_one}
+RUNS = {"apgd_ce": _run_untargeted, "apgd_dlr": _run_untargeted, "apgd_t": _run_targeted}
 config_lib.register(tuple(RUNS), config_lib.Rule(check=check_config, uses_noise=lambda config: True))

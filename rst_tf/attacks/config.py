@@ -19,6 +19,7 @@ PGD_PROTOCOLS = ("standard", "paper")
 # Standard AutoAttack (Croce & Hein 2020) budgets.
 AUTOATTACK_STEPS = 100
 AUTOATTACK_SQUARE_QUERIES = 5000
+AUTOATTACK_TARGET_CLASSES = 9  # APGD-T and FAB-T: the 9 highest non-true clean logits
 # AutoAttack's rand version: EOT draws per gradient.
 AUTOATTACK_RAND_EOT_DRAWS = 20
 

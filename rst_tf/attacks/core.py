@@ -124,6 +124,42 @@ def predicted_wrong(logits, labels):
     return tf.not_equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
 
 
+# A model whose every output row is non-negative and sums to 1 within this returns probabilities, not logits.
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def check_epsilon(epsilon):
+    """ValueError unless a Python `epsilon` is > 0 (a tensor is left to the caller)."""
+    if isinstance(epsilon, (int, float, np.integer, np.floating)) and not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+
+
+def check_inputs(images, labels, logits, epsilon, clip_min, clip_max):
+    """One clear error for bad input to an attack: epsilon <= 0, images outside [clip_min, clip_max], labels outside
+    [0, classes), or a model that returns probabilities (`logits`: the clean outputs, [batch, classes]).
+    Eagerly a ValueError; inside ``tf.function`` an assertion that fails at run time with the same message."""
+    check_epsilon(epsilon)
+    classes = tf.shape(logits, out_type=tf.int64)[-1]
+    labels = tf.cast(labels, tf.int64)
+    row_sums = tf.reduce_sum(logits, axis=-1)
+    probabilities = (tf.size(logits) > 0) & tf.reduce_all(logits >= 0) & tf.reduce_all(
+        tf.abs(row_sums - 1.0) <= PROBABILITY_TOLERANCE)
+    checks = (
+        (tf.reduce_all(images >= clip_min) & tf.reduce_all(images <= clip_max),
+         f"images must lie in [clip_min, clip_max] = [{clip_min}, {clip_max}]"),
+        (tf.reduce_all((labels >= 0) & (labels < classes)), "labels must be class ids in [0, classes)"),
+        (~probabilities, "model_fn must return logits, not probabilities (every output row is non-negative and "
+                         f"sums to 1 within {PROBABILITY_TOLERANCE})"),
+    )
+    if tf.executing_eagerly():
+        for passed, message in checks:
+            if not bool(passed):
+                raise ValueError(message)
+        return
+    for passed, message in checks:
+        tf.debugging.Assert(passed, [message])
+
+
 def input_gradient_only(model_fn):
     """`model_fn` for code that takes gradients with an eager tape: traced, and differentiable in its input only.
     An eager tape also watches the model's trainable variables and so computes every convolution's kernel gradient,

@@ -23,7 +23,7 @@ def _save(figure, path):
 def accuracy_vs_epsilon(attack_results, path, natural_accuracy=None, title=None):
     """Accuracy against epsilon, one line per attack name (with its settings) and norm.
 
-    `attack_results`: the `attacks` entries of `robustness.evaluate_attacks` (name, label, norm, epsilon, accuracy).
+    `attack_results`: the `attacks` entries of `suite.evaluate_attacks` (name, label, norm, epsilon, accuracy).
     L-inf budgets are drawn in /255 units on the left axes, L2 budgets on the right axes (when present). Line
     `i` of an axes has the label `"<attack> (<norm>)"`, its x data are the sorted epsilons and its y data the
     accuracies. Natural accuracy is a dashed horizontal line labelled "natural".
@@ -57,7 +57,7 @@ def _series_name(result):
 
 
 def transfer_heatmap(transfer, path, title=None):
-    """Heatmap of a `robustness.transfer_matrix` result: rows are source models, columns target models, every cell
+    """Heatmap of a `transfer.transfer_matrix` result: rows are source models, columns target models, every cell
     annotated with its accuracy (the text of cell (i, j) is f"{accuracy:.2f}")."""
     names, matrix = transfer["names"], np.asarray(transfer["accuracy"], float)
     size = 1.2 + 1.1 * len(names)
@@ -77,7 +77,7 @@ def transfer_heatmap(transfer, path, title=None):
 
 
 def feature_distance_bars(distances, path, epsilon=None, title=None):
-    """Bar chart of `robustness.feature_distance` results, one bar per model in the given order."""
+    """Bar chart of `features.feature_distance` results, one bar per model in the given order."""
     names = list(distances)
     figure, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 4))
     ax.bar(range(len(names)), [distances[name] for name in names])
@@ -181,4 +181,54 @@ def robust_accuracy_by_epsilon(series_by_epsilon, path, dense_by_epsilon=None, t
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    return _save(figure, path)
+
+
+def r2s_bars(report, path):
+    """Attacked accuracy of each ticket alone (gray) and of R2S under each adaptive attack (red), one axes per task.
+
+    `report`: an R2S report (`r2s_report.evaluate_banks`): {"tasks": {task: {"tickets": [{name, attacked}], "r2s":
+    {kind: accuracy}}}, "adaptive": [kind], "steps"}. Bar i of a task's axes is ticket i, then R2S per kind, in
+    percent.
+    """
+    tasks = list(report["tasks"])
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        result = report["tasks"][task]
+        names = [row["name"] for row in result["tickets"]] + [f"R2S {kind}" for kind in report["adaptive"]]
+        values = [row["attacked"] for row in result["tickets"]] + [result["r2s"][k] for k in report["adaptive"]]
+        colors = ["tab:gray"] * len(result["tickets"]) + ["tab:red"] * len(report["adaptive"])
+        axis.bar(range(len(names)), [100 * v for v in values], color=colors)
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_ylabel(f"accuracy under PGD-{report['steps']} (%)")
+        axis.set_title(task)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def mask_overlap_heatmap(analysis, path, title=None):
+    """Two heat maps of a `masks.mask_analysis` result: the overall Jaccard overlap between tickets (cell (i, j)
+    annotated f"{overlap:.2f}") and each ticket's kept fraction per layer (rows: tickets, columns: layers)."""
+    names, layer_names = analysis["names"], analysis["layers"]
+    jaccard = np.asarray(analysis["jaccard"]["overall"], float)
+    kept = np.asarray([[analysis["kept_fraction"][name][layer] for layer in layer_names] for name in names], float)
+    size = (4 + 1.1 * len(names) + 0.25 * len(layer_names), 1.5 + len(names))
+    figure, (left, right) = plt.subplots(1, 2, figsize=size,
+                                         gridspec_kw={"width_ratios": [len(names), max(len(layer_names) / 3, 1)]})
+    image = left.imshow(jaccard, vmin=0, vmax=1, cmap="viridis")
+    left.set_xticks(range(len(names)), labels=names, rotation=30, ha="right")
+    left.set_yticks(range(len(names)), labels=names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            left.text(j, i, f"{jaccard[i, j]:.2f}", ha="center", va="center",
+                      color="white" if jaccard[i, j] < 0.5 else "black")
+    left.set_title("Jaccard overlap of kept weights")
+    figure.colorbar(image, ax=left)
+    image = right.imshow(kept, aspect="auto", cmap="magma")
+    right.set_yticks(range(len(names)), labels=names)
+    right.set_xlabel("masked layer (network order)")
+    right.set_title("kept fraction per layer")
+    figure.colorbar(image, ax=right)
+    if title:
+        figure.suptitle(title)
     return _save(figure, path)

@@ -1,4 +1,8 @@
-"""Accuracy of a masked network on clean and attacked inputs, with masks computed once per evaluation."""
+"""Accuracy of a masked network on clean and attacked inputs, with masks computed once per evaluation.
+
+An attacked example counts as correct only if the network also classifies its clean image correctly: an attack that
+leaves a wrong prediction right (or lands on the label by chance) does not make the network robust there.
+"""
 import numpy as np
 import tensorflow as tf
 
@@ -28,7 +32,8 @@ class MaskedAttacker:
         self._predict = tf.function(self._predict_batch, reduce_retracing=True)
 
     def _masks(self):
-        return [layer.binary_mask() for layer in self._masked_layers]
+        current = layers.current_masks(self.network)  # one top-k for all layers under a global top-k
+        return [current[layer] for layer in self._masked_layers]
 
     def _generate_batch(self, images, labels, masks, seed):
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
@@ -59,13 +64,21 @@ class MaskedAttacker:
         return np.concatenate(correct) if correct else np.zeros([0], np.int32)
 
 
+    def clean_correct(self, batches, masks=None):
+        """A {0, 1} array: does the network classify each clean image of `batches` correctly."""
+        return self.correct([images for images, _ in batches], batches, masks)
+
+
 class AttackedAccuracy(MaskedAttacker):
     """Accuracy of `network` under `attack` over batches of (images, labels)."""
 
     def per_example(self, batches):
-        """A {0, 1} array: was each example classified correctly under the attack."""
+        """A {0, 1} array: was each example classified correctly both clean and under the attack."""
         masks = self._masks()
-        return self.correct(self.generate(batches, masks), batches, masks)
+        clean = self.clean_correct(batches, masks)
+        if self.attack.name == "none":
+            return clean
+        return self.correct(self.generate(batches, masks), batches, masks) & clean
 
     def __call__(self, batches):
         """Accuracy in [0, 1] over all batches."""
