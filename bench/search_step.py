@@ -1,10 +1,11 @@
 """Seconds per training step: RST PGD-7 search vs dense PGD-7 adversarial training, same network and batch.
 
-    python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla]
+    python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla] [--mixed_precision]
 
 Both use `SearchModel.replica_step` (one code path) inside tf.function, interleaved on the same batch. Reports
 medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak. Results: docs/search_step.json
-(with --xla: docs/search_step_xla.json).
+(with --xla: docs/search_step_xla.json; with --mixed_precision, the same steps also built under Keras's
+mixed_bfloat16 policy: docs/search_step_mixed_precision.json).
 """
 import argparse
 import os
@@ -30,13 +31,15 @@ def forward_flops(model, batch):
     return model_analyzer.profile(concrete.graph, options=options).total_float_ops
 
 
-def make_step(mode, width, steps, xla):
+def make_step(mode, width, steps, xla, policy="float32"):
+    keras.mixed_precision.set_global_policy(policy)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=1.0 if mode == "dense_at" else 0.05, width_multiplier=width, seed=0)
     search.configure_mode(network, mode)
     model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=2 / 255))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=xla)
     model.optimizer.build(model.trainable_variables)
+    keras.mixed_precision.set_global_policy("float32")
     return model, tf.function(model.replica_step, jit_compile=xla)
 
 
@@ -48,16 +51,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--xla", action="store_true",
                         help="also time both with jit_compile=True (results in docs/search_step_xla.json)")
+    parser.add_argument("--mixed_precision", action="store_true",
+                        help="also time both under mixed_bfloat16 (results in docs/search_step_mixed_precision.json)")
     args = parser.parse_args()
     images = tf.random.stateless_uniform([args.batch, 32, 32, 3], seed=[0, 0])
     labels = tf.random.stateless_uniform([args.batch], seed=[0, 1], maxval=10, dtype=tf.int32)
-    variants = [("rst", False), ("dense_at", False)] + ([("rst", True), ("dense_at", True)] if args.xla else [])
+    variants = [("rst", False, "float32"), ("dense_at", False, "float32")]
+    variants += [("rst", True, "float32"), ("dense_at", True, "float32")] if args.xla else []
+    if args.mixed_precision:
+        variants += [("rst", False, "mixed_bfloat16"), ("dense_at", False, "mixed_bfloat16")]
     functions, flops = {}, None
-    for mode, xla in variants:
-        model, step = make_step(mode, args.width, args.steps, xla)
+    for mode, xla, policy in variants:
+        model, step = make_step(mode, args.width, args.steps, xla, policy)
         if flops is None:
             flops = forward_flops(model.network, args.batch)
-        functions[f"{mode}{'_xla' if xla else ''}"] = (lambda s: lambda: float(s(images, labels)["loss"]))(step)
+        name = f"{mode}{'_xla' if xla else ''}{'_bf16' if policy != 'float32' else ''}"
+        functions[name] = (lambda s: lambda: float(s(images, labels)["loss"]))(step)
     medians, samples = common.interleaved_medians(functions, args.repeats)
     # A PGD-k step is k+1 forward and backward passes (backward ~ 2x forward) plus the update.
     step_flops = 3 * flops * (args.steps + 1)
@@ -74,7 +83,10 @@ def main():
     }
     if args.xla:
         results["xla_over_plain"] = {mode: medians[f"{mode}_xla"] / medians[mode] for mode in ("rst", "dense_at")}
-    print(common.write_results("search_step_xla" if args.xla else "search_step", results))
+    if args.mixed_precision:
+        results["bf16_over_float32"] = {mode: medians[f"{mode}_bf16"] / medians[mode] for mode in ("rst", "dense_at")}
+    name = "search_step_xla" if args.xla else "search_step_mixed_precision" if args.mixed_precision else "search_step"
+    print(common.write_results(name, results))
     for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "floor_seconds_at_peak", "fraction_of_peak"):
         print(key, results[key])
 

@@ -25,8 +25,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("run_dir", [], "Search run folders (bin/search --output_dir), comma-separated.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of each run to evaluate.")
 flags.DEFINE_list("attacks", ["pgd"], "Attacks: pgd, cw_inf, fgsm, fgsm_rs, bandits, square, autoattack, fab_t, "
-                  "apgd_ce, apgd_dlr, apgd_t, autoattack_rand (L-inf budgets from --epsilons); pgd_l2, cw_l2 (L2 budgets from "
-                  "--l2_epsilons).")
+                  "apgd_ce, apgd_dlr, apgd_t, autoattack_rand (L-inf budgets from --epsilons); pgd_l2, cw_l2 (L2 "
+                  "budgets from --l2_epsilons).")
 flags.DEFINE_list("epsilons", ["2", "4", "8", "12", "16"], "L-inf budgets in units of 1/255.")
 flags.DEFINE_list("l2_epsilons", ["0.5", "1.71", "2.0"], "L2 budgets (pixels in [0, 1]).")
 flags.DEFINE_integer("steps", 20, "Iterations of pgd, cw_inf and pgd_l2.")

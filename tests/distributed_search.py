@@ -51,7 +51,7 @@ def step_updates(strategy, batches, attack_bn_training):
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     initial = [v.numpy().copy() for v in model.trainable_variables]
     if distribute.fit_can_drive(strategy):
-        logs = model.fit(batches, epochs=1, verbose=0).history
+        logs = model.fit(batches, epochs=1, verbose=0, shuffle=False).history
         loss = float(logs["loss"][-1])
     else:
         step = tf.function(lambda x, y: model.distributed_step(strategy, x, y))

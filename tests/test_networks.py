@@ -24,7 +24,8 @@ def test_parameter_counts_match_the_paper(name, kwargs, paper_millions):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("resnet18", CIFAR), ("preact_resnet18", CIFAR), ("wrn_34_10", CIFAR),
-    ("resnet18_imagenet", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet50", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet101", dict(IMAGENET, input_shape=(64, 64, 3)))])
+    ("resnet18_imagenet", dict(IMAGENET, input_shape=(64, 64, 3))),
+    ("resnet50", dict(IMAGENET, input_shape=(64, 64, 3))), ("resnet101", dict(IMAGENET, input_shape=(64, 64, 3)))])
 def test_every_network_runs_forward_at_width_one_eighth(name, kwargs):
     model = networks.build(name, width_multiplier=1 / 8, remaining_ratio=0.1, **kwargs)
     images = tf.random.stateless_uniform((2,) + tuple(kwargs["input_shape"]), seed=[0, 1])

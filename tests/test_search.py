@@ -33,7 +33,7 @@ def test_rst_search_changes_scores_and_never_kernels(tiny_cifar):
     model = make_model("rst")
     kernels, scores = snapshot(model.network, "kernel"), snapshot(model.network, "scores")
     masks = [m.numpy() for m in layers.current_masks(model.network).values()]
-    model.fit(batches, epochs=1, verbose=0)
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)
     assert all(np.array_equal(a, b) for a, b in zip(kernels, snapshot(model.network, "kernel")))
     assert all(not np.array_equal(a, b) for a, b in zip(scores, snapshot(model.network, "scores")))
     after = [m.numpy() for m in layers.current_masks(model.network).values()]
@@ -45,7 +45,7 @@ def test_dense_adversarial_training_changes_kernels(tiny_cifar):
     _, batches = tiny_cifar
     model = make_model("dense_at")
     kernels, scores = snapshot(model.network, "kernel"), snapshot(model.network, "scores")
-    model.fit(batches, epochs=1, verbose=0)
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)
     assert all(not np.array_equal(a, b) for a, b in zip(kernels, snapshot(model.network, "kernel")))
     assert all(np.array_equal(a, b) for a, b in zip(scores, snapshot(model.network, "scores")))
 
@@ -73,7 +73,7 @@ def test_search_lowers_the_adversarial_loss_on_real_images(cifar10_path):
     losses = []
     for epoch in range(6):
         batches = data.train_batches(splits.train, dataset="cifar10", batch_size=64, epoch=epoch, seed=1)
-        losses.append(model.fit(batches, epochs=1, verbose=0).history["loss"][-1])
+        losses.append(model.fit(batches, epochs=1, verbose=0, shuffle=False).history["loss"][-1])
     assert losses[-1] < losses[0] - 0.1, losses
 
 
@@ -90,7 +90,8 @@ def test_mask_search_alone_fits_real_images(cifar10_path):
     batches = data.train_batches(splits.train, dataset="cifar10", batch_size=64, epoch=0, seed=2, augment=False)
     clean = evaluate.AttackedAccuracy(network, attacks.AttackConfig(name="none"))
     before = clean(data.eval_batches(splits.train, 128))
-    losses = model.fit(batches.repeat(), steps_per_epoch=50, epochs=4, verbose=0).history["loss"]  # 200 steps
+    history = model.fit(batches.repeat(), steps_per_epoch=50, epochs=4, verbose=0, shuffle=False)  # 200 steps
+    losses = history.history["loss"]
     after = clean(data.eval_batches(splits.train, 128))
     assert losses[-1] < losses[0] - 0.3, losses
     assert before < 0.25 and after > 0.5, (before, after)
