@@ -115,6 +115,19 @@ def random_start(images, seed, epsilon, norm, clip_min, clip_max, noise_rows=Non
     return project(images, images + noise, epsilon, norm, clip_min, clip_max)
 
 
+def iterate(step_fn, start, steps, unroll=False):
+    """`steps` applications of `step_fn` to `start`: a ``tf.while_loop``, or written out with `unroll` (needed when
+    `step_fn` holds a cross-replica synchronisation point, which TensorFlow does not allow inside a loop)."""
+    if unroll:
+        x = start
+        for _ in range(steps):
+            x = step_fn(x)
+        return x
+    _, x = tf.while_loop(lambda step, x: step < steps, lambda step, x: (step + 1, step_fn(x)),
+                         (tf.constant(0), start), maximum_iterations=steps)
+    return x
+
+
 def expand_rows(flags, images):
     """Per-example flags `[batch]` shaped to broadcast against `images`."""
     return tf.reshape(flags, [-1] + [1] * (images.shape.rank - 1))

@@ -43,18 +43,11 @@ def _single_run(model_fn, images, labels, config, seed, norm, loss_fn, noise_row
     else:
         start = images
 
-    def body(step, adv):
-        adv = _step(model_fn, images, adv, labels, config.step_size, config.epsilon, norm, config, loss_fn)
-        return step + 1, tf.stop_gradient(adv)
+    def body(adv):
+        return tf.stop_gradient(
+            _step(model_fn, images, adv, labels, config.step_size, config.epsilon, norm, config, loss_fn))
 
-    if unroll:
-        adv = start
-        for step in range(config.steps):
-            _, adv = body(step, adv)
-        return adv
-    _, adv = tf.while_loop(lambda step, adv: step < config.steps, body, (tf.constant(0), start),
-                           maximum_iterations=config.steps)
-    return adv
+    return core.iterate(body, start, config.steps, unroll)
 
 
 def _with_restarts(model_fn, images, labels, config, seed, norm, loss_fn, noise_rows=None, unroll=False):

@@ -53,21 +53,14 @@ def trades_kl(model_fn, images, labels, config, seed, noise_rows=None, unroll=Fa
     rows = tf.range(tf.shape(images)[0])
     start = gaussian_start(images, seed, config, noise_rows) if config.random_start else images
 
-    def body(step, adv):
+    def body(adv):
         _, gradient, _ = core.loss_gradient_logits(model_fn, adv, rows, loss_fn)
         moved = core.project(images, adv + core.ascent_step(gradient, tf.cast(config.step_size, images.dtype),
                                                             np.inf),
                              config.epsilon, np.inf, config.clip_min, config.clip_max)
-        return step + 1, tf.stop_gradient(moved)
+        return tf.stop_gradient(moved)
 
-    if unroll:
-        adv = start
-        for step in range(config.steps):
-            _, adv = body(step, adv)
-        return adv
-    _, adv = tf.while_loop(lambda step, adv: step < config.steps, body, (tf.constant(0), start),
-                           maximum_iterations=config.steps)
-    return adv
+    return core.iterate(body, start, config.steps, unroll)
 
 
 def _check(config):
