@@ -23,6 +23,13 @@ def _standard_budgets(config):
     return config.steps == config_lib.AUTOATTACK_STEPS and config.max_queries == config_lib.AUTOATTACK_SQUARE_QUERIES
 
 
+def _apgd_settings(config, eot_draws):
+    """The settings every APGD component of a schedule records."""
+    return dict(implementation="rst_tf.attacks.apgd", norm="Linf", eps=config.epsilon,
+                initial_step_size=apgd.INITIAL_STEP_RATIO * config.epsilon, momentum=apgd.MOMENTUM, rho=apgd.RHO,
+                max_iter=config.steps, restarts=1, eot_draws=eot_draws)
+
+
 def autoattack_settings(config: config_lib.AttackConfig, num_classes: int) -> dict:
     """What ``generate`` runs for ``autoattack`` with ``config`` on a ``num_classes``-way classifier, for recording
     next to results. ``"standard_budgets"``: 100 iterations and 5000 queries."""
@@ -30,9 +37,7 @@ def autoattack_settings(config: config_lib.AttackConfig, num_classes: int) -> di
     if config.name != "autoattack":
         raise ValueError(f"autoattack_settings needs an autoattack config, got {config.name!r}")
     targets = min(fab.STANDARD_TARGET_CLASSES, num_classes - 1)
-    apgd_settings = dict(implementation="rst_tf.attacks.apgd", norm="Linf", eps=config.epsilon,
-                         initial_step_size=apgd.INITIAL_STEP_RATIO * config.epsilon, momentum=apgd.MOMENTUM,
-                         rho=apgd.RHO, max_iter=config.steps, restarts=1, eot_draws=1)
+    apgd_settings = _apgd_settings(config, eot_draws=1)
     return {
         "attack": "autoattack",
         "version": "standard",
@@ -61,9 +66,7 @@ def autoattack_rand_settings(config: config_lib.AttackConfig) -> dict:
     config.validate()
     if config.name != "autoattack_rand":
         raise ValueError(f"autoattack_rand_settings needs an autoattack_rand config, got {config.name!r}")
-    apgd_settings = dict(implementation="rst_tf.attacks.apgd", norm="Linf", eps=config.epsilon,
-                         initial_step_size=apgd.INITIAL_STEP_RATIO * config.epsilon, momentum=apgd.MOMENTUM,
-                         rho=apgd.RHO, max_iter=config.steps, restarts=1, eot_draws=config.eot_draws)
+    apgd_settings = _apgd_settings(config, config.eot_draws)
     return {
         "attack": "autoattack_rand",
         "version": "rand",
