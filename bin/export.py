@@ -24,7 +24,8 @@ from absl import flags  # noqa: E402
 from bin import common  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("run_dir", [], "Mask searches of one random network, comma-separated.")
+flags.DEFINE_list("run_dir", [], "Mask searches of one random network, comma-separated (a nested search gives a "
+                  "ticket per ratio).")
 flags.DEFINE_string("bank", "", "A .rst ticket bank to export instead of --run_dir.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of each run gives its ticket.")
 flags.DEFINE_string("output_dir", None, "A new or empty folder for the SavedModels, models.config and bank.rst.")

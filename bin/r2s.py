@@ -3,6 +3,7 @@
     python bin/r2s.py --run_dir=runs/r2s/ratio_0.05,runs/r2s/ratio_0.1,runs/r2s/ratio_0.2 \
         --output_dir=runs/r2s/eval --save_bank=runs/r2s/bank.rst
     python bin/r2s.py --bank=runs/r2s/bank.rst --output_dir=runs/r2s/eval
+    python bin/r2s.py --run_dir=runs/quick_nested --output_dir=runs/quick_nested/r2s   # a nested search's tickets
 
 Reports every ticket alone (natural and white-box PGD) and R2S (a ticket drawn per sample) natural and under the
 adaptive attacks: `vanilla` (the paper's protocol: the attacker draws a ticket too), `eot` (loss averaged over
@@ -22,7 +23,8 @@ from bin import common  # noqa: E402
 from rst_tf import r2s  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("run_dir", [], "Mask searches of one random network (same network, seed, init), comma-separated.")
+flags.DEFINE_list("run_dir", [], "Mask searches of one random network (same network, seed, init), comma-separated; "
+                  "a nested search (--nested_ratios) gives a ticket per ratio.")
 flags.DEFINE_string("bank", "", "A .rst ticket bank to evaluate instead of --run_dir.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of each run gives its ticket.")
 flags.DEFINE_string("save_bank", "", "Also write the bank to this .rst file.")
@@ -48,7 +50,7 @@ flags.DEFINE_string("output_dir", None, "Where r2s.json, r2s.md and r2s.png go."
 def check_flags():
     """Reject bad input with one `error:` line and exit status 2, before anything is read or written."""
     if bool(FLAGS.run_dir) == bool(FLAGS.bank):
-        common.fail("give either --run_dir (two or more searches) or --bank (a .rst file)")
+        common.fail("give either --run_dir (two or more searches, or a nested search) or --bank (a .rst file)")
     for run_dir in FLAGS.run_dir:
         if not os.path.isdir(run_dir):
             common.fail(f"--run_dir {run_dir} is not a folder")

@@ -3,11 +3,11 @@
     python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg
     python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg --dry_run   # list the runs, in order
 
-Runs, under --output_dir: the dense_at and natural sources, the RST sweep over --remaining_ratios, its fine-tuned
+Runs, for each of --seeds under --output_dir/seed_<seed>: the dense_at and natural sources, the RST sweep over --remaining_ratios, its fine-tuned
 sweeps (inherited and re-init weights), natural and adversarial RTT sweeps, and the transfer study (dense_at on
 classes 0-4; an RTT over it and an RST on classes 5-9). Then PGD-20 at each --eval_epsilons of every best
-checkpoint (PGD of --pgd_protocol), and the transfer matrix between the RSTs and R2S over them under both PGD
-protocols. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON in <report>.json.
+checkpoint (PGD of --pgd_protocol) on one test set, and each seed's transfer matrix between its RSTs and R2S over
+them under both PGD protocols; each claim's verdict comes from its seed-paired difference and 95% interval. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON in <report>.json.
 The same command again skips finished work and continues killed runs. The bin/search flags set the scale; --mode,
 --remaining_ratio, --init_from, --finetune_weights, --reinit_classifier and --class_subset are set per run.
 """
@@ -34,10 +34,18 @@ flags.adopt_module_key_flags(search_flags)  # --helpshort lists them
 flags.DEFINE_list("remaining_ratios", ["0.05", "0.1", "0.2", "0.5"], "Remaining ratios of every sweep.")
 flags.register_validator("remaining_ratios", lambda values: bool(values) and _numbers_in(values, 0, 1),
                          "--remaining_ratios must list numbers in (0, 1], e.g. 0.05,0.1,0.2,0.5")
+flags.DEFINE_list("comparison_ratios", [], "Remaining ratios of the fine-tuned and RTT sweeps, some of "
+                  "--remaining_ratios (default: all of them).")
+flags.register_validator("comparison_ratios", lambda values: _numbers_in(values, 0, 1),
+                         "--comparison_ratios must list numbers in (0, 1], e.g. 0.05,0.2")
 flags.DEFINE_list("eval_epsilons", ["8", "12", "16"], "L-inf budgets (x/255) of the evaluation; the first is the "
                   "one of the claims (the search's own ε).")
 flags.register_validator("eval_epsilons", lambda values: bool(values) and _numbers_in(values, 0, 255),
                          "--eval_epsilons must list numbers in (0, 255], e.g. 8,12,16")
+flags.DEFINE_list("seeds", ["0", "1"], "Seeds of the study: every setting runs once per seed (random network, "
+                  "data order, attacks); the test set is the first seed's.")
+flags.register_validator("seeds", lambda values: bool(values) and all(v.lstrip("-").isdigit() for v in values)
+                         and len(set(values)) == len(values), "--seeds must list distinct integers, e.g. 0,1,2")
 flags.DEFINE_float("transfer_ratio", 0, "Remaining ratio of the task-B RTT and RST; 0: the ratio nearest 0.1.")
 flags.DEFINE_integer("eval_batch_size", 200, "Batch size of the evaluations.")
 flags.DEFINE_string("output_dir", "runs/reproduce", "Where every run, evaluation.json, transfer.json, r2s.json go.")
@@ -57,30 +65,38 @@ def main(argv):
         common.fail(f"--eval_batch_size must be at least 1, got {FLAGS.eval_batch_size}")
     if not 0 <= FLAGS.transfer_ratio <= 1:
         common.fail(f"--transfer_ratio must be in [0, 1], got {FLAGS.transfer_ratio}")
-    from rst_tf import reproduce, reproduction_report
+    from rst_tf import reproduce
 
     config = config_from_flags()
     ratios = [float(value) for value in FLAGS.remaining_ratios]
     epsilons = [float(value) for value in FLAGS.eval_epsilons]
     with common.clear_errors():
-        steps = reproduce.plan(config, ratios, FLAGS.output_dir, FLAGS.transfer_ratio or None)
+        seeds = [int(value) for value in FLAGS.seeds]
+        compared = [float(value) for value in FLAGS.comparison_ratios] or None
+        steps_by_seed = reproduce.plan_seeds(config, ratios, FLAGS.output_dir, seeds, FLAGS.transfer_ratio or None,
+                                             compared)
         if FLAGS.dry_run:
-            for step in steps:
-                ratios_text = ",".join(f"{r:g}" for r in step.remaining_ratios) or "-"
-                print(f"{step.name}\t{step.output_dir}\tmode={step.config.mode}\tratios={ratios_text}\t"
-                      f"init_from={step.config.init_from or '-'}\tclass_subset="
-                      f"{','.join(map(str, step.config.class_subset)) or 'all'}")
+            for seed, steps in steps_by_seed.items():
+                for step in steps:
+                    ratios_text = ",".join(f"{r:g}" for r in step.remaining_ratios) or "-"
+                    print(f"seed {seed}\t{step.name}\t{step.output_dir}\tmode={step.config.mode}\t"
+                          f"ratios={ratios_text}\tinit_from={step.config.init_from or '-'}\tclass_subset="
+                          f"{','.join(map(str, step.config.class_subset)) or 'all'}")
             return
         if not os.path.isdir(config.data_dir or "."):
             common.fail(f"--data_dir {config.data_dir} is not a folder")
         command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
-        results = reproduce.run(config, ratios, FLAGS.output_dir, FLAGS.report, epsilons=epsilons,
+        results = reproduce.run(config, ratios, FLAGS.output_dir, FLAGS.report, seeds=seeds, epsilons=epsilons,
                                 transfer_ratio=FLAGS.transfer_ratio or None, command=command,
+                                comparison_ratios=compared,
                                 batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
                                 pgd_protocol=FLAGS.pgd_protocol)
         common.write_flags(FLAGS.output_dir)
     for row in results["claims"]:
-        print(f"{reproduction_report.holds_text(row['holds'])}: {row['claim']} ({row['measured']})")
+        low, high = row["interval"]
+        protocol = f" ({row['protocol']} PGD)" if row["protocol"] else ""
+        print(f"{row['verdict']}: {row['section']} {row['claim']}{protocol}: {100 * row['estimate']:+.1f} points "
+              f"[{100 * low:+.1f}, {100 * high:+.1f}]")
     print(f"wrote {FLAGS.report}")
 
 

@@ -4,7 +4,8 @@
     python bin/search.py --flagfile=flags/cifar10_quick_finetune.cfg --output_dir=runs/quick_finetune
 
 Writes checkpoints (last and best by validation PGD-20 accuracy), TensorBoard logs, metrics.json, config.json and
-flags.txt to --output_dir. A killed run continues with --resume.
+flags.txt to --output_dir. A killed run continues with --resume. --nested_ratios=0.05,0.1,0.2,0.3 searches nested
+tickets at those ratios from one set of scores (best: the mean validation PGD-20 accuracy over them).
 """
 import os
 import sys
@@ -32,8 +33,13 @@ def main(argv):
         result = loop.run(config, FLAGS.output_dir, resume=FLAGS.resume, progress=FLAGS.progress)
         common.write_flags(FLAGS.output_dir)
     final = result["final"]
-    print(f"best (epoch {final['best']['epoch']}): natural {final['best']['test_natural_accuracy']:.4f}, "
-          f"PGD-{config.eval_attack_steps} {final['best']['test_pgd20_accuracy']:.4f} on "
+    best = final["best"]
+    for ratio in config.ticket_ratios() if config.nested_ratios else ():  # a nested search: each ticket, then means
+        print(f"ticket ratio_{ratio:g}: natural {best[f'test_natural_accuracy_ratio_{ratio:g}']:.4f}, "
+              f"PGD-{config.eval_attack_steps} {best[f'test_pgd20_accuracy_ratio_{ratio:g}']:.4f}")
+    print(f"best (epoch {best['epoch']}): natural {best['test_natural_accuracy']:.4f}, "
+          f"PGD-{config.eval_attack_steps} {best['test_pgd20_accuracy']:.4f}"
+          f"{' (means over the tickets)' if config.nested_ratios else ''} on "
           f"{final['num_test']} test images; files in {FLAGS.output_dir}")
 
 

@@ -3,7 +3,9 @@
 
 Weights are drawn again from the seed with stateless Philox, which gives the same bits on any machine; the file
 holds a SHA-256 of the kernels and `read` refuses a rebuild that differs. Tasks (e.g. two datasets) share the
-network and differ in their classifier head and tickets.
+network and differ in their classifier head and tickets. A layer's mask that holds the mask of the task's previous
+ticket (nested tickets) is coded as the positions it adds to it when that is smaller (`mask_codec.encode_added`);
+such files are version 2, others version 1, and `read` takes both.
 
     write("bank.rst", {"cifar10": spec}, tickets)      # spec: see `network_spec`
     specs, tickets = read("bank.rst")
@@ -21,6 +23,7 @@ from rst_tf.r2s import Ticket
 
 FORMAT = "rst-tf ticket bank"
 VERSION = 1
+NESTED_VERSION = 2  # some mask is coded as the positions it adds to a previous ticket's ("added_to")
 _SPEC_FIELDS = ("network", "num_classes", "input_shape", "dataset", "remaining_ratio", "sparsity", "weight_init",
                 "seed", "scale_fan", "width_multiplier", "dense_first_conv", "dense_classifier")
 _OPTIONAL_SPEC_FIELDS = ("class_subset",)  # recorded, so that an evaluation loads the task's classes
@@ -58,11 +61,13 @@ def weights_digest(network):
     return digest.hexdigest()
 
 
-def write(path, specs_by_task, tickets, networks_by_task=None):
+def write(path, specs_by_task, tickets, networks_by_task=None, nested_coding=True):
     """Write tickets and the specs of their tasks' networks to `path` (atomically).
 
     Each task's network is rebuilt from its spec and a digest of its weights stored; `networks_by_task`
-    (optional) are the networks the tickets were found on, which must have exactly those weights.
+    (optional) are the networks the tickets were found on, which must have exactly those weights. With
+    `nested_coding`, a mask holding the same layer's mask of the task's previous ticket is coded as the positions it
+    adds when that is smaller.
     """
     missing = sorted({ticket.task for ticket in tickets} - set(specs_by_task))
     if missing:
@@ -84,16 +89,25 @@ def write(path, specs_by_task, tickets, networks_by_task=None):
         start, offsets[stream] = offsets[stream], offsets[stream] + len(data)
         return [start, len(data)]
 
-    for ticket in tickets:
+    previous_by_task = {}  # task -> (index in the file, masks) of its latest ticket
+    for index, ticket in enumerate(tickets):
         entry = {"name": ticket.name, "task": ticket.task, "remaining_ratio": ticket.remaining_ratio,
                  "masks": [], "statistics": []}
+        previous_index, previous_masks = previous_by_task.get(ticket.task, (None, {}))
         for layer_name, mask in ticket.masks.items():
-            encoded = mask_codec.encode(mask)
-            entry["masks"].append({"layer": layer_name, "shape": list(mask.shape), "size": encoded.size,
-                                   "symbol": encoded.symbol, "count": encoded.count, "rice_bits": encoded.rice_bits,
-                                   "quotient_bits": encoded.quotient_bits,
-                                   "quotients": append("quotients", encoded.quotients),
-                                   "remainders": append("remainders", encoded.remainders)})
+            encoded, record = mask_codec.encode(mask), {"layer": layer_name, "shape": list(mask.shape)}
+            base = previous_masks.get(layer_name)
+            if nested_coding and base is not None and _inside(base, mask):
+                added = mask_codec.encode_added(mask, base)
+                if added.num_bytes < encoded.num_bytes:
+                    encoded, record["added_to"] = added, previous_index
+                    header["version"] = NESTED_VERSION
+            record.update(size=encoded.size, symbol=encoded.symbol, count=encoded.count,
+                          rice_bits=encoded.rice_bits, quotient_bits=encoded.quotient_bits,
+                          quotients=append("quotients", encoded.quotients),
+                          remainders=append("remainders", encoded.remainders))
+            entry["masks"].append(record)
+        previous_by_task[ticket.task] = (index, ticket.masks)
         for layer_name, (mean, variance) in ticket.statistics.items():
             values = np.stack([mean, variance]).astype("<f4")
             entry["statistics"].append({"layer": layer_name, "shape": list(values.shape),
@@ -117,8 +131,8 @@ def read(path, verify=True):
         header = json.loads(archive["header"].tobytes().decode())
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path} is not a .rst ticket bank ({error})") from None
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise ValueError(f"{path} is not a version-{VERSION} .rst ticket bank")
+    if header.get("format") != FORMAT or header.get("version") not in (VERSION, NESTED_VERSION):
+        raise ValueError(f"{path} is not a version-{VERSION} or -{NESTED_VERSION} .rst ticket bank")
     specs = {task: value["spec"] for task, value in header["tasks"].items()}
     if verify:
         for task, value in header["tasks"].items():
@@ -131,14 +145,17 @@ def read(path, verify=True):
         return blobs[stream][span[0]:span[0] + span[1]]
 
     tickets = []
-    for entry in header["tickets"]:
+    for index, entry in enumerate(header["tickets"]):
         masks = {}
         for code in entry["masks"]:
             encoded = mask_codec.EncodedMask(
                 size=code["size"], symbol=code["symbol"], count=code["count"], rice_bits=code["rice_bits"],
                 quotient_bits=code["quotient_bits"], quotients=piece("quotients", code["quotients"]),
                 remainders=piece("remainders", code["remainders"]))
-            masks[code["layer"]] = mask_codec.decode(encoded, tuple(code["shape"]))
+            if "added_to" in code:
+                masks[code["layer"]] = mask_codec.decode_added(encoded, _base_mask(tickets, index, code, path))
+            else:
+                masks[code["layer"]] = mask_codec.decode(encoded, tuple(code["shape"]))
         statistics = {}
         for record in entry["statistics"]:
             values = np.frombuffer(piece("statistics", record["bytes"]), "<f4").reshape(record["shape"])
@@ -146,3 +163,20 @@ def read(path, verify=True):
         tickets.append(Ticket(name=entry["name"], remaining_ratio=entry["remaining_ratio"], masks=masks,
                               statistics=statistics, task=entry["task"]))
     return specs, tickets
+
+
+def _inside(base, mask):
+    """Whether boolean `base` is inside `mask` (same shape, no entry of `base` outside `mask`)."""
+    base, mask = np.asarray(base, bool), np.asarray(mask, bool)
+    return base.shape == mask.shape and not np.any(base & ~mask)
+
+
+def _base_mask(tickets, index, code, path):
+    """The already decoded mask that `code` (of ticket `index`) adds positions to."""
+    base_index = code["added_to"]
+    if not (isinstance(base_index, int) and 0 <= base_index < index
+            and code["layer"] in tickets[base_index].masks
+            and list(tickets[base_index].masks[code["layer"]].shape) == list(code["shape"])):
+        raise ValueError(f"{path}: corrupt .rst ticket bank (ticket {index}, layer {code['layer']} is coded on "
+                         f"ticket {base_index!r})")
+    return tickets[base_index].masks[code["layer"]]

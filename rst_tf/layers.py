@@ -8,11 +8,15 @@
 Only `scores` are trainable by default. A mask supplied with `masking.supplied_masks` replaces the one derived from
 the scores for the duration of the block (one mask computation per training step; R2S mask banks).
 `set_topk_scope(model, "global")` makes the masked layers share one top-k over all their scores.
+`supplied_remaining_ratios` (masks at another ratio) and `supplied_statistics_slots` (BatchNorm statistics of that
+ratio, `rst_tf.ticket_batch_norm`) run one network as the tickets of several nested ratios.
 """
 import keras
 import tensorflow as tf
 
 from rst_tf import initializers, masking
+from rst_tf.ticket_batch_norm import (  # noqa: F401  (part of this module's interface)
+    TicketBatchNormalization, statistics_slots, supplied_statistics, supplied_statistics_slots)
 
 
 class _MaskedKernelLayer(keras.layers.Layer):
@@ -67,16 +71,21 @@ class _MaskedKernelLayer(keras.layers.Layer):
         masking.check_remaining_ratio(remaining_ratio)
         self.remaining_ratio = float(remaining_ratio)
 
+    def mask_ratio(self):
+        """The fraction the mask keeps now: the one `supplied_remaining_ratios` gives this layer, else its own."""
+        supplied = _supplied_ratios.value_for(self)
+        return self.remaining_ratio if supplied is None else supplied
+
     def binary_mask(self):
-        """The {0, 1} mask the scores select now, in the scores' (group) shape.
+        """The {0, 1} mask the scores select now (at `mask_ratio()`), in the scores' (group) shape.
 
         Under a global top-k this computes every layer's mask of the group (use `current_masks` for all at once).
         """
-        if self.remaining_ratio == 1.0:
+        if self.mask_ratio() == 1.0:
             return tf.ones_like(self.scores)
         if self.topk_scope == "global":
             return self.global_top_k().masks()[self]
-        return masking.top_k_mask(tf.abs(self.scores), self.remaining_ratio)
+        return masking.top_k_mask(tf.abs(self.scores), self.mask_ratio())
 
     def global_top_k(self):
         """The `GlobalTopK` this layer's mask comes from (topk_scope 'global')."""
@@ -96,7 +105,7 @@ class _MaskedKernelLayer(keras.layers.Layer):
         else:  # not a variable of this layer, so not cast to its compute dtype by Keras (mixed precision)
             kernel = tf.cast(kernel, self.compute_dtype)
         mask = masking.supplied_mask_for(self)
-        if (mask is None and self.remaining_ratio == 1.0) or (isinstance(mask, str) and mask == masking.UNMASKED):
+        if (mask is None and self.mask_ratio() == 1.0) or (isinstance(mask, str) and mask == masking.UNMASKED):
             return kernel
         if mask is None:
             mask = self.binary_mask()
@@ -123,6 +132,15 @@ class _MaskedKernelLayer(keras.layers.Layer):
 
 
 _supplied_kernels = masking.SuppliedPerLayer()
+_supplied_ratios = masking.SuppliedPerLayer()
+
+
+def supplied_remaining_ratios(ratios_by_layer):
+    """Within this block, each masked layer in `ratios_by_layer` (layer -> ratio in (0, 1]) derives its mask at that
+    ratio (`binary_mask`, `current_masks`), so one set of scores gives the nested masks of several ratios."""
+    for ratio in ratios_by_layer.values():
+        masking.check_remaining_ratio(ratio)
+    return _supplied_ratios.block({layer: float(ratio) for layer, ratio in ratios_by_layer.items()})
 
 
 def supplied_kernels(kernels_by_layer):
@@ -232,7 +250,7 @@ def current_masks(model):
     runs once for all its layers."""
     masks = {}
     for layer in masked_layers(model):
-        if layer.remaining_ratio == 1.0 or layer in masks:
+        if layer.mask_ratio() == 1.0 or layer in masks:
             continue
         if layer.topk_scope == "global":
             masks.update(layer.global_top_k().masks())
@@ -269,7 +287,7 @@ class GlobalTopK:
         self.members = tuple(members)
 
     def remaining_ratio(self):
-        ratios = sorted({layer.remaining_ratio for layer in self.members})
+        ratios = sorted({layer.mask_ratio() for layer in self.members})
         if len(ratios) != 1:
             raise ValueError(f"a global top-k needs one remaining ratio over its layers, got {ratios}")
         return ratios[0]
@@ -289,34 +307,6 @@ def set_topk_scope(model, scope):
     for layer in members:
         layer.topk_scope = scope
         layer._global_top_k = group
-
-
-_supplied_statistics = masking.SuppliedPerLayer()
-
-
-def supplied_statistics(statistics_by_layer):
-    """Within this block, each `TicketBatchNormalization` in `statistics_by_layer` (layer -> (mean, variance))
-    normalises with those statistics at inference: every ticket of a mask bank has its own."""
-    return _supplied_statistics.block(statistics_by_layer)
-
-
-@keras.saving.register_keras_serializable(package="rst_tf")
-class TicketBatchNormalization(keras.layers.BatchNormalization):
-    """BatchNormalization whose inference statistics can be supplied per call with `supplied_statistics`.
-
-    Masks of different remaining ratios over the same weights give different activation statistics, so a network
-    that switches masks (R2S) switches statistics with them. Training mode, and inference without a supplied
-    block, behave exactly as Keras's layer. Supplied statistics need `center=False, scale=False`.
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        statistics = _supplied_statistics.value_for(self)
-        if statistics is None or training:
-            return super().call(inputs, training=training, mask=mask)
-        if self.center or self.scale:
-            raise ValueError("supplied statistics need a non-affine BatchNormalization (center=False, scale=False)")
-        mean, variance = (tf.cast(value, inputs.dtype) for value in statistics)
-        return (inputs - mean) * tf.math.rsqrt(variance + self.epsilon)
 
 
 def batch_norm_layers(model):

@@ -6,6 +6,7 @@ reaches a signed score is `sign(score) * dL/dmask`.
 """
 import contextlib
 import math
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -151,18 +152,29 @@ def score_mask(scores, remaining_ratio):
 # --- values supplied from outside a layer (masks computed once per training step, or a ticket picked from a bank)
 
 class SuppliedPerLayer:
-    """A stack of {layer: value} blocks; a layer looks up the value of the innermost block that names it."""
+    """A stack of {layer: value} blocks; a layer looks up the value of the innermost block that names it.
+
+    Each thread has its own stack: MirroredStrategy runs (and traces) every replica's step in a thread of its own,
+    switching threads inside a step, so replicas must not see, or close, one another's blocks.
+    """
 
     def __init__(self):
-        self._blocks = []
+        self._local = threading.local()
+
+    @property
+    def _blocks(self):
+        if not hasattr(self._local, "blocks"):
+            self._local.blocks = []
+        return self._local.blocks
 
     @contextlib.contextmanager
     def block(self, values_by_layer):
-        self._blocks.append({id(layer): value for layer, value in values_by_layer.items()})
+        blocks = self._blocks
+        blocks.append({id(layer): value for layer, value in values_by_layer.items()})
         try:
             yield
         finally:
-            self._blocks.pop()
+            blocks.pop()
 
     def value_for(self, layer):
         for values in reversed(self._blocks):

@@ -1,22 +1,22 @@
 """The paper's study at any scale: plan the runs, run them (resumable), evaluate them, and report the claims.
 
-    steps = reproduce.plan(config, [0.05, 0.1, 0.2, 0.5], "runs/reproduce")
-    results = reproduce.run(config, [0.05, 0.1, 0.2, 0.5], "runs/reproduce", "docs/reproduction.md")
+    steps = reproduce.plan(config, [0.05, 0.2, 0.5], "runs/reproduce/seed_0")
+    results = reproduce.run(config, [0.05, 0.2, 0.5], "runs/reproduce", "docs/reproduction.md", seeds=(0, 1))
 
-Order: the dense_at and natural sources; the RST sweep; fine-tuned sweeps (inherited, re-init) of its tickets; the
-natural and adversarial RTT sweeps over the sources; the transfer study (dense_at on task A, an RTT and an RST on
-task B); then PGD-20 at each evaluation ε of every run's best checkpoint on the test subset, the transfer matrix
-between the RSTs and R2S over them (vanilla and EOT attacks) under both PGD protocols, figures, claims and the
-report (`reproduction_report`). Sweeps go through `sweep.run_sweep` and single runs skip when finished and resume
-when killed; evaluations are cached in OUTPUT_DIR/evaluation.json, transfer.json and r2s.json (the paper protocol's
-in *_paper.json), so running the same call again completes a killed study.
+Each seed's runs, in order: the dense_at and natural sources; the RST sweep; fine-tuned sweeps (inherited, re-init)
+of its tickets; the natural and adversarial RTT sweeps over the sources; the transfer study (dense_at on task A, an
+RTT and an RST on task B). Then PGD-20 at each evaluation ε of every run's best checkpoint on one test set, the
+transfer matrix between each seed's RSTs and R2S over them (vanilla and EOT attacks) under both PGD protocols,
+figures with seed intervals, claims with the interval of each seed-paired difference, and the report
+(`reproduction_report`). Finished runs are skipped and killed ones resume; measurements are cached in
+OUTPUT_DIR/evaluation.json and each seed's transfer.json and r2s.json (the paper protocol's in *_paper.json), so
+running the same call again completes a killed study.
 """
 import dataclasses
 import os
 import time
 
 from rst_tf import attacks, sweep
-from rst_tf.training import build
 from rst_tf.training import run_dir as run_files
 from rst_tf.training.config import SearchConfig
 
@@ -40,14 +40,22 @@ class Step:
         return [os.path.join(self.output_dir, sweep.ratio_name(r)) for r in self.remaining_ratios]
 
 
-def plan(config, remaining_ratios, output_dir, transfer_ratio=None, task_a=TASK_A, task_b=TASK_B):
+def plan(config, remaining_ratios, output_dir, transfer_ratio=None, task_a=TASK_A, task_b=TASK_B,
+         comparison_ratios=None):
     """The study's steps in running order, each a Step. `config` gives the scale; each step sets its own mode,
     remaining ratio, init_from, finetune_weights, reinit_classifier and class_subset.
 
     `transfer_ratio` (default: the ratio of `remaining_ratios` nearest 0.1): the ratio of the task-B RTT and RST.
+    `comparison_ratios` (default: `remaining_ratios`; a subset of them): the ratios of the fine-tuned and RTT
+    sweeps, which the RST sweep's tickets are compared with.
     """
     ratios = tuple(float(r) for r in remaining_ratios)
     sweep.run_configs(dataclasses.replace(config, mode="rst", init_from=""), ratios)  # ValueError on bad ratios
+    compared = ratios if comparison_ratios is None else tuple(float(r) for r in comparison_ratios)
+    missing = [r for r in compared if r not in ratios]
+    if not compared or missing:
+        raise ValueError(f"comparison_ratios must be some of the remaining ratios {list(ratios)}, got "
+                         f"{list(compared)}")
     if transfer_ratio is None:
         transfer_ratio = min(ratios, key=lambda r: abs(r - 0.1))
     base = dataclasses.replace(config, init_from="", finetune_weights="inherited", reinit_classifier=False,
@@ -62,13 +70,14 @@ def plan(config, remaining_ratios, output_dir, transfer_ratio=None, task_a=TASK_
         Step("natural", dataclasses.replace(base, mode="natural"), natural),
         Step("rst", dataclasses.replace(base, mode="rst"), rst, ratios),
         Step("finetune_inherited", dataclasses.replace(
-            base, mode="finetune", init_from=os.path.join(rst, "ratio_{ratio}")), path("finetune_inherited"), ratios),
+            base, mode="finetune", init_from=os.path.join(rst, "ratio_{ratio}")), path("finetune_inherited"),
+            compared),
         Step("finetune_reinit", dataclasses.replace(
             base, mode="finetune", init_from=os.path.join(rst, "ratio_{ratio}"), finetune_weights="reinit"),
-            path("finetune_reinit"), ratios),
-        Step("rtt_natural", dataclasses.replace(base, mode="rst", init_from=natural), path("rtt_natural"), ratios),
+            path("finetune_reinit"), compared),
+        Step("rtt_natural", dataclasses.replace(base, mode="rst", init_from=natural), path("rtt_natural"), compared),
         Step("rtt_adversarial", dataclasses.replace(base, mode="rst", init_from=dense_at), path("rtt_adversarial"),
-             ratios),
+             compared),
         Step("task_a_dense_at", dataclasses.replace(base, mode="dense_at", class_subset=tuple(task_a)), task_a_dense),
         Step("task_b_rtt", dataclasses.replace(base, mode="rst", class_subset=tuple(task_b), init_from=task_a_dense),
              path("task_b_rtt"), (float(transfer_ratio),)),
@@ -81,14 +90,53 @@ def plan(config, remaining_ratios, output_dir, transfer_ratio=None, task_a=TASK_
     return steps
 
 
-def run_step(step, progress=False, log=print):
-    """Run one step: a sweep through `sweep.run_sweep`, a single run skipped when finished and resumed if killed."""
-    if step.remaining_ratios:
-        sweep.run_sweep(step.config, list(step.remaining_ratios), step.output_dir, progress=progress,
-                        log=lambda message: log(f"{step.name}/{message}"))
+def seed_dir(output_dir, seed):
+    """The folder of one seed's runs: OUTPUT_DIR/seed_<seed>."""
+    return os.path.join(output_dir, f"seed_{seed}")
+
+
+def plan_seeds(config, remaining_ratios, output_dir, seeds, transfer_ratio=None, comparison_ratios=None):
+    """{seed: that seed's `plan`} under OUTPUT_DIR/seed_<seed>; every run of a seed holds its random network,
+    data order and attacks from that seed."""
+    seeds = [int(seed) for seed in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must list distinct integers, got {seeds}")
+    return {seed: plan(dataclasses.replace(config, seed=seed), remaining_ratios, seed_dir(output_dir, seed),
+                       transfer_ratio, comparison_ratios=comparison_ratios) for seed in seeds}
+
+
+def _finished(run_dir):
+    return "final" in run_files.read_json(os.path.join(run_dir, "metrics.json"))
+
+
+def _timed_run(config, run_dir, name, times_path, progress, log):
+    """`sweep.run_or_skip`, with the wall and process CPU seconds of the call that finishes the run recorded in
+    `times_path` ({run_dir: {wall_seconds, cpu_seconds, resumed}}; resumed: it continued an earlier call's run)."""
+    if _finished(run_dir):
+        log(f"{name}: finished, skipped")
         return
-    sweep.check_existing_run(step.config, step.output_dir)
-    sweep.run_or_skip(step.config, step.output_dir, step.name, progress, log)
+    resumed = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+    wall, cpu = time.time(), time.process_time()
+    sweep.run_or_skip(config, run_dir, name, progress, log)
+    times = run_files.read_json(times_path)
+    times[run_dir] = {"wall_seconds": time.time() - wall, "cpu_seconds": time.process_time() - cpu,
+                      "resumed": resumed}
+    run_files.write_json(times_path, times)
+
+
+def run_step(step, times_path, progress=False, log=print):
+    """Run one step: every run of a sweep (then its sweep.json / sweep.md), or a single run; finished runs are
+    skipped and killed ones resumed. Each run's time goes to `times_path` (`_timed_run`)."""
+    if not step.remaining_ratios:
+        sweep.check_existing_run(step.config, step.output_dir)
+        _timed_run(step.config, step.output_dir, step.name, times_path, progress, log)
+        return
+    configs = sweep.run_configs(step.config, list(step.remaining_ratios))
+    for (ratio, run_config), run_dir in zip(configs, step.run_dirs()):
+        sweep.check_existing_run(run_config, run_dir)
+    for (ratio, run_config), run_dir in zip(configs, step.run_dirs()):
+        _timed_run(run_config, run_dir, f"{step.name}/{sweep.ratio_name(ratio)}", times_path, progress, log)
+    sweep.run_sweep(step.config, list(step.remaining_ratios), step.output_dir, log=lambda message: None)
 
 
 def _cache_name(name, pgd_protocol):
@@ -96,118 +144,52 @@ def _cache_name(name, pgd_protocol):
     return f"{name}.json" if pgd_protocol == "standard" else f"{name}_{pgd_protocol}.json"
 
 
-def evaluate_runs(run_dirs, epsilons, cache_path, data_dir="", batch_size=200, seed=0, log=print,
-                  pgd_protocol="standard"):
-    """Natural and PGD accuracy (the runs' eval_attack_steps, `attacks.pgd_eval_config` of `pgd_protocol`) at each
-    ε (in /255) of each run's best checkpoint on its test subset: {run_dir: {"natural", "robust": {"<ε>": accuracy},
-    "robust_intervals": {"<ε>": [low, high]}, "num_examples", "pgd_protocol"}}, cached in `cache_path`. An example
-    counts as robust only if its clean image is classified correctly too."""
-    from rst_tf.evaluation import suite
+def run(config, remaining_ratios, output_dir, report_path, seeds=(0, 1), epsilons=(8, 12, 16),
+        transfer_ratio=None, command="", batch_size=200, progress=False, log=print, pgd_protocol="standard",
+        comparison_ratios=None):
+    """The whole study for every seed: each `plan` step, the evaluations, figures, the markdown report at
+    `report_path` and the same figures as JSON next to it (`.json`); returns that JSON's content. Resumes where a
+    killed call stopped.
 
-    cache = run_files.read_json(cache_path)
-    batches_by_task = {}
-    wanted = [f"{e:g}" for e in epsilons]
-    for run_dir in run_dirs:
-        cached = cache.get(run_dir, {})
-        if cached.get("pgd_protocol") == pgd_protocol and all(key in cached["robust"] for key in wanted):
-            continue
-        network, config = run_files.load_run(run_dir, "best")
-        batches = _test_batches(config, data_dir, batch_size, batches_by_task)
-        attack_configs = [_pgd(config.eval_attack_steps, e / 255, pgd_protocol) for e in epsilons]
-        result = suite.evaluate_attacks(network, batches, attack_configs, seed=seed)
-        cache[run_dir] = {"natural": result["natural"]["accuracy"],
-                          "robust": {key: attack["accuracy"] for key, attack in zip(wanted, result["attacks"])},
-                          "robust_intervals": {key: attack["interval"]
-                                               for key, attack in zip(wanted, result["attacks"])},
-                          "num_examples": result["natural"]["num_examples"], "pgd_protocol": pgd_protocol}
-        log(f"evaluated {run_dir}: natural {cache[run_dir]['natural']:.4f}, " + ", ".join(
-            f"ε {key} {value:.4f}" for key, value in cache[run_dir]["robust"].items()))
-        run_files.write_json(cache_path, cache)
-    return {run_dir: cache[run_dir] for run_dir in run_dirs}
-
-
-def transfer_between(run_dirs, names, epsilon, steps, cache_path, data_dir="", batch_size=200, seed=0,
-                     pgd_protocol="standard"):
-    """`transfer.transfer_matrix` between the runs' best checkpoints (PGD-`steps` at ε/255), cached."""
-    from rst_tf.evaluation import transfer
-
-    cached = run_files.read_json(cache_path)
-    attack = _pgd(steps, epsilon / 255, pgd_protocol)
-    if (cached.get("names") == list(names) and cached.get("attack") == dataclasses.asdict(attack)
-            and "interval" in cached):
-        return cached
-    networks, config = {}, None
-    for name, run_dir in zip(names, run_dirs):
-        networks[name], config = run_files.load_run(run_dir, "best")
-    batches = _test_batches(config, data_dir, batch_size, {})
-    result = transfer.transfer_matrix(networks, batches, attack, seed=seed)
-    run_files.write_json(cache_path, result)
-    return result
-
-
-def r2s_of(run_dirs, epsilon, steps, cache_path, adaptive=("vanilla", "eot"), data_dir="", batch_size=200, seed=0,
-           pgd_protocol="standard"):
-    """R2S over the runs' tickets (`tickets.from_runs`, `r2s.BankEvaluation`): its single task's report, cached."""
-    from rst_tf import r2s, tickets
-
-    cached = run_files.read_json(cache_path)
-    attack = _pgd(steps, epsilon / 255, pgd_protocol)
-    if (cached.get("run_dirs") == list(run_dirs) and cached.get("attack") == dataclasses.asdict(attack)
-            and all(kind in cached.get("r2s_intervals", {}) for kind in adaptive)):
-        return cached
-    banks, _ = tickets.from_runs(list(run_dirs))
-    (task, bank), = banks.items()
-    config = run_files.read_config(run_dirs[0])
-    batches = _test_batches(config, data_dir, batch_size, {})
-    report = r2s.BankEvaluation(bank, attack, seed).run(batches, list(adaptive))
-    report.update(run_dirs=list(run_dirs), task=task, attack=dataclasses.asdict(attack))
-    run_files.write_json(cache_path, report)
-    return report
-
-
-def transfer_and_r2s(rst_step, epsilon, steps, output_dir, pgd_protocol, data_dir="", batch_size=200, seed=0,
-                     log=print):
-    """The transfer matrix and R2S between the tickets of the RST sweep `rst_step`, under `pgd_protocol`."""
-    rst_dirs = rst_step.run_dirs()
-    names = [sweep.ratio_name(r) for r in rst_step.remaining_ratios]
-    log(f"transfer matrix between the RSTs ({pgd_protocol} PGD)")
-    transfer = transfer_between(rst_dirs, names, epsilon, steps,
-                                os.path.join(output_dir, _cache_name("transfer", pgd_protocol)), data_dir,
-                                batch_size, seed, pgd_protocol)
-    log(f"R2S over the RSTs ({pgd_protocol} PGD)")
-    r2s_report = r2s_of(rst_dirs, epsilon, steps, os.path.join(output_dir, _cache_name("r2s", pgd_protocol)),
-                        data_dir=data_dir, batch_size=batch_size, seed=seed, pgd_protocol=pgd_protocol)
-    return transfer, r2s_report
-
-
-def run(config, remaining_ratios, output_dir, report_path, epsilons=(8, 12, 16), transfer_ratio=None,
-        command="", batch_size=200, progress=False, log=print, pgd_protocol="standard"):
-    """The whole study: every step of `plan`, the evaluations, figures, the markdown report at `report_path`, and
-    the same figures as JSON next to it (`.json`); returns that JSON's content. Resumes where a killed call stopped.
-
-    Robust accuracies use PGD of `pgd_protocol` (`attacks.pgd_eval_config`); the transfer matrix and R2S are
-    measured under both protocols, and the report states both for the claims that rest on them.
+    Every run is measured on the test set of the first seed (`reproduction_measure.TestSets`), so results pair by
+    image across runs and seeds. Robust accuracies use PGD of `pgd_protocol` (`attacks.pgd_eval_config`); the
+    transfer matrix and R2S of each seed are measured under both protocols.
     """
+    from rst_tf import reproduction_claims as claims
+    from rst_tf import reproduction_measure as measure
     from rst_tf import reproduction_report as report
 
     if pgd_protocol not in attacks.PGD_PROTOCOLS:
         raise ValueError(f"pgd_protocol must be one of {attacks.PGD_PROTOCOLS}, got {pgd_protocol!r}")
     began = time.time()
     epsilons = [float(e) for e in epsilons]
-    steps = plan(config, remaining_ratios, output_dir, transfer_ratio)
-    for step in steps:
-        run_step(step, progress=progress, log=log)
-    run_dirs = [run_dir for step in steps for run_dir in step.run_dirs()]
-    seed, steps_pgd = config.seed, config.eval_attack_steps
-    evaluation = evaluate_runs(run_dirs, epsilons, os.path.join(output_dir, _cache_name("evaluation", pgd_protocol)),
-                               config.data_dir, batch_size, seed, log, pgd_protocol)
-    rst_step = next(step for step in steps if step.name == RST_STEP)
-    measured = {protocol: transfer_and_r2s(rst_step, epsilons[0], steps_pgd, output_dir, protocol, config.data_dir,
-                                           batch_size, seed, log) for protocol in attacks.PGD_PROTOCOLS}
-    other = next(protocol for protocol in attacks.PGD_PROTOCOLS if protocol != pgd_protocol)
-    figures_data = report.figures(steps, evaluation, epsilons[0], steps_pgd, *measured[pgd_protocol], pgd_protocol,
-                                  {"pgd_protocol": other, "transfer": measured[other][0], "r2s": measured[other][1]})
-    claim_rows = report.claims(figures_data)
+    steps_by_seed = plan_seeds(config, remaining_ratios, output_dir, seeds, transfer_ratio, comparison_ratios)
+    times_path = os.path.join(output_dir, "run_times.json")
+    for seed, steps in steps_by_seed.items():
+        for step in steps:
+            run_step(step, times_path, progress=progress,
+                     log=lambda message, seed=seed: log(f"seed {seed}: {message}"))
+    test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=next(iter(steps_by_seed)))
+    run_dirs = [run_dir for steps in steps_by_seed.values() for step in steps for run_dir in step.run_dirs()]
+    evaluation = measure.evaluate_runs(run_dirs, epsilons, os.path.join(output_dir, _cache_name(
+        "evaluation", pgd_protocol)), test_sets, config.seed, log, pgd_protocol)
+    steps_pgd = config.eval_attack_steps
+    measured = {}
+    for seed, steps in steps_by_seed.items():
+        rst_step = next(step for step in steps if step.name == RST_STEP)
+        names = [sweep.ratio_name(r) for r in rst_step.remaining_ratios]
+        for protocol in attacks.PGD_PROTOCOLS:
+            folder = seed_dir(output_dir, seed)
+            log(f"seed {seed}: transfer matrix and R2S between the RSTs ({protocol} PGD)")
+            measured[seed, protocol] = (
+                measure.transfer_between(rst_step.run_dirs(), names, epsilons[0], steps_pgd, os.path.join(
+                    folder, _cache_name("transfer", protocol)), test_sets, seed, protocol),
+                measure.r2s_of(rst_step.run_dirs(), epsilons[0], steps_pgd, os.path.join(
+                    folder, _cache_name("r2s", protocol)), test_sets, seed=seed, pgd_protocol=protocol))
+    results = claims.Results(steps_by_seed, evaluation, measured, epsilons)
+    figures_data = report.figures(results, steps_pgd, pgd_protocol, attacks.PGD_PROTOCOLS)
+    protocols = (pgd_protocol, *[p for p in attacks.PGD_PROTOCOLS if p != pgd_protocol])
+    claim_rows = claims.claims(results, protocols)
     stem = os.path.splitext(report_path)[0]
     figure_folder = stem + "_figures"
     figure_files = report.write_figures(figures_data, figure_folder, epsilons)
@@ -215,27 +197,16 @@ def run(config, remaining_ratios, output_dir, report_path, epsilons=(8, 12, 16),
     timing = run_files.read_json(os.path.join(output_dir, "wall_time.json"))
     wall_seconds = timing.get("seconds", 0.0) + time.time() - began
     run_files.write_json(os.path.join(output_dir, "wall_time.json"), {"seconds": wall_seconds})
-    scale = report.scale_of(config, remaining_ratios, epsilons, pgd_protocol)
+    run_times = report.run_times(steps_by_seed, run_files.read_json(times_path), evaluation)
+    scale = report.scale_of(config, remaining_ratios, epsilons, list(steps_by_seed), pgd_protocol,
+                            comparison_ratios)
     text = report.markdown_report(command, scale, wall_seconds, figures_data, claim_rows,
-                                  {name: os.path.join(relative, f) for name, f in figure_files.items()}, epsilons)
+                                  {name: os.path.join(relative, f) for name, f in figure_files.items()}, epsilons,
+                                  run_times)
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     results = {"command": command, "scale": scale, "wall_seconds": wall_seconds, "pgd_protocol": pgd_protocol,
-               "figures": figures_data, "claims": claim_rows, "runs": {step.name: step.run_dirs() for step in steps}}
+               "figures": figures_data, "claims": claim_rows, "run_times": run_times,
+               "runs": {seed: {step.name: step.run_dirs() for step in steps} for seed, steps in steps_by_seed.items()}}
     run_files.write_json(stem + ".json", results)
     return results
-
-
-def _pgd(steps, epsilon, pgd_protocol):
-    return attacks.pgd_eval_config(epsilon, pgd_protocol, steps)
-
-
-def _test_batches(config, data_dir, batch_size, cache):
-    from rst_tf import data
-    from rst_tf.evaluation import suite
-
-    key = tuple(config.class_subset)
-    if key not in cache:
-        splits = build.load_data(dataclasses.replace(config, data_dir=data_dir or config.data_dir))
-        cache[key] = suite.materialize(data.eval_batches(splits.test, batch_size))
-    return cache[key]

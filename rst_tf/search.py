@@ -77,21 +77,34 @@ class SearchModel(keras.Model):
         variables = self.trainable_variables
         masks = layers.current_masks(self.network)
         with masking.supplied_masks(masks):
-            adversarial = attacks.generate(self._attack_logits, images, labels, self.attack, self._attack_seed(),
-                                           self._noise_rows(images), unroll=self._attack_syncs_replicas())
+            adversarial = self.adversarial_examples(images, labels)
             with tf.GradientTape() as tape:
-                per_example, logits = objectives.loss_and_logits(
-                    self.objective, lambda x: self._logits(x, training=True), images, adversarial, labels)
-                # Gradients are summed over replicas: average over the global batch, split the penalty.
-                loss = tf.nn.compute_average_loss(per_example)
-                if self.weight_decay:
-                    penalty = 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
-                    loss += tf.nn.scale_regularization_loss(penalty)
+                per_example, logits = self.per_example_loss(images, adversarial, labels)
+                loss = self.replica_loss(per_example, variables)
             gradients = tape.gradient(loss, variables)
         self.optimizer.apply(gradients, variables)
         self.loss_tracker.update_state(per_example)
         self.accuracy_tracker.update_state(labels, logits)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def adversarial_examples(self, images, labels):
+        """The attack's examples against the network as it runs now (masks supplied by the caller)."""
+        return attacks.generate(self._attack_logits, images, labels, self.attack, self._attack_seed(),
+                                self._noise_rows(images), unroll=self._attack_syncs_replicas())
+
+    def per_example_loss(self, images, adversarial, labels):
+        """(the objective per example, the logits it scores), BatchNorm in training mode."""
+        return objectives.loss_and_logits(
+            self.objective, lambda x: self._logits(x, training=True), images, adversarial, labels)
+
+    def replica_loss(self, per_example, variables):
+        """This replica's share of the step's loss: gradients are summed over replicas, so average over the global
+        batch and split the weight-decay penalty."""
+        loss = tf.nn.compute_average_loss(per_example)
+        if self.weight_decay:
+            penalty = 0.5 * self.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in variables])
+            loss += tf.nn.scale_regularization_loss(penalty)
+        return loss
 
     def _attack_logits(self, images):
         return self._logits(images, self.attack_bn_training)

@@ -35,6 +35,9 @@ def run_configs(config, remaining_ratios):
         raise ValueError(f"remaining_ratios must be in (0, 1], got {list(remaining_ratios)}")
     if len({_ratio_text(r) for r in remaining_ratios}) != len(remaining_ratios):
         raise ValueError(f"remaining_ratios must be distinct, got {list(remaining_ratios)}")
+    if getattr(config, "nested_ratios", ()):
+        raise ValueError("nested_ratios gives its own ratios from one search; a sweep over remaining_ratios takes "
+                         "none")
     if config.mode not in SWEEP_MODES:
         raise ValueError(f"mode must be one of {SWEEP_MODES} for a sweep over remaining ratios, got {config.mode!r}")
     configs = []

@@ -5,7 +5,7 @@ random network and differ in their classifier head.
 """
 import dataclasses
 
-from rst_tf import artifact, r2s
+from rst_tf import artifact, nested, r2s
 from rst_tf.training import run_dir as run_files
 
 
@@ -18,7 +18,8 @@ def task_name(config):
 
 
 def from_runs(run_dirs, checkpoint="best"):
-    """(banks_by_task, specs_by_task) of the runs' tickets, in order of remaining ratio within a task.
+    """(banks_by_task, specs_by_task) of the runs' tickets, in order of remaining ratio within a task. A nested search
+    (`nested_ratios`) gives one ticket per ratio, with that ratio's BatchNorm statistics.
 
     Raises ValueError naming the run and the field when the runs do not share one random network.
     """
@@ -36,16 +37,19 @@ def from_runs(run_dirs, checkpoint="best"):
     for run_dir, network, config in loaded:
         r2s.check_same_weights(reference, network, run_dir)
         task = task_name(config)
-        ticket = r2s.ticket_of(network, f"ratio_{config.remaining_ratio:g}", task=task)
+        if config.nested_ratios:
+            found = nested.tickets_of(network, config.ticket_ratios(), task=task)
+        else:
+            found = [r2s.ticket_of(network, nested.ticket_name(config.remaining_ratio), task=task)]
         if task not in by_task:
             by_task[task] = (network, [])
             specs[task] = artifact.network_spec(dataclasses.asdict(config), network.output_shape[-1],
                                                 network.input_shape[1:])
-        names = [existing.name for existing in by_task[task][1]]
-        if ticket.name in names:
-            raise ValueError(f"{run_dir}: task {task!r} already has a ticket at remaining ratio "
-                             f"{config.remaining_ratio:g}")
-        by_task[task][1].append(ticket)
+        for ticket in found:
+            if ticket.name in [existing.name for existing in by_task[task][1]]:
+                raise ValueError(f"{run_dir}: task {task!r} already has a ticket at remaining ratio "
+                                 f"{ticket.remaining_ratio:g}")
+            by_task[task][1].append(ticket)
     banks = {task: r2s.MaskBank(network, sorted(found, key=lambda t: t.remaining_ratio))
              for task, (network, found) in by_task.items()}
     return banks, specs

@@ -21,7 +21,9 @@ def test_flagfile_gives_a_valid_config(path, monkeypatch):
     try:
         config = search_app.config_from_flags()
         config.validate()
-        if "quick" in path:
+        if "quick" in path and config.network.startswith("keras:"):  # a Keras twin takes width 1 only
+            assert config.width_multiplier == 1.0 and config.train_examples <= 10_000 and config.epochs <= 10
+        elif "quick" in path:
             assert config.width_multiplier <= 0.25 and config.epochs <= 10
         else:
             assert config.width_multiplier == 1.0 and config.epochs >= 90
@@ -56,9 +58,10 @@ def test_reproduce_flagfile_plans_a_valid_study(path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    ratios = rows[2][3].removeprefix("ratios=").split(",")
+    ratios = rows[2][4].removeprefix("ratios=").split(",")
+    assert len({row[0] for row in rows}) >= 2  # at least two seeds
     if "cpu" in os.path.basename(path):
-        assert len(ratios) >= 4
+        assert ratios == ["0.05", "0.2", "0.5"]
     else:
         assert ratios == ["0.01", "0.02", "0.05", "0.07", "0.1", "0.15", "0.2", "0.3", "0.5", "0.7", "0.9"]
 

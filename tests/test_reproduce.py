@@ -1,5 +1,7 @@
 """The reproduction study: its plan (runs, order, init_from), the claims' verdicts, the report, the figures, and
 bin/reproduce's flag handling."""
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -7,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from rst_tf import reproduce, reproduction_report
-from rst_tf.evaluation import intervals, plots
+from rst_tf import reproduce, reproduction_claims, reproduction_report
+from rst_tf.evaluation import contrasts, plots
 from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,33 +22,57 @@ def _app(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def _points(robust_by_ratio, natural=0.4):
-    return [{"remaining_ratio": r, "natural": natural, "robust": acc, "robust_by_epsilon": {"8": acc, "12": acc / 2}}
-            for r, acc in robust_by_ratio.items()]
+NUM_IMAGES = 5000
 
 
-def _figures(rst, inherited, reinit, rtt_natural, rtt_adversarial, dense=0.30, task_b=(0.20, 0.25),
-             transfer=((0.20, 0.35), (0.33, 0.22)), r2s_vanilla=0.30, best_single=0.22):
-    kinds = {"rst": rst, "finetune_inherited": inherited, "finetune_reinit": reinit, "rtt_natural": rtt_natural,
-             "rtt_adversarial": rtt_adversarial}
-    return {"epsilon": 8.0, "attack_steps": 20,
-            "dense_at": {"natural": 0.45, "robust": dense, "robust_by_epsilon": {"8": dense, "12": dense / 2}},
-            "natural_training": {"natural": 0.6, "robust": 0.0, "robust_by_epsilon": {"8": 0.0, "12": 0.0}},
-            "kinds": {name: _points(values) for name, values in kinds.items()},
-            "task_b": {"remaining_ratio": 0.1, "rtt": {"natural": 0.5, "robust": task_b[0]},
-                       "rst": {"natural": 0.5, "robust": task_b[1]}},
-            "transfer": {"names": ["ratio_0.05", "ratio_0.1"], "accuracy": [list(row) for row in transfer]},
-            "r2s": {"natural": 0.4, "vanilla": r2s_vanilla, "eot": 0.21,
-                    "best_single": {"name": "ratio_0.1", "natural": 0.41, "attacked": best_single}}}
+def _correct(accuracy, seed, salt):
+    """A {0, 1} string with exactly round(accuracy * NUM_IMAGES) ones, their places drawn from (seed, salt)."""
+    ones = int(round(accuracy * NUM_IMAGES))
+    values = np.zeros(NUM_IMAGES, np.int32)
+    values[np.random.default_rng([seed, salt]).permutation(NUM_IMAGES)[:ones]] = 1
+    return contrasts.pack(values)
+
+
+def _study(tmp_path, robust, seeds=(0, 1), spread=0.0, transfer=((0.20, 0.35), (0.33, 0.22)), r2s_vanilla=0.30,
+           natural=0.45, spread_steps=None):
+    """A `reproduction_claims.Results` over a planned study whose runs have the given robust accuracy at ε 8
+    (half of it at ε 12): `robust` {step name: accuracy, or {ratio: accuracy}}; seed s adds s * `spread` (to the
+    steps in `spread_steps` only, when given)."""
+    config = SearchConfig(width_multiplier=0.0625, epochs=1)
+    steps_by_seed = reproduce.plan_seeds(config, RATIOS, str(tmp_path), seeds)
+    evaluation, measured = {}, {}
+    for seed, steps in steps_by_seed.items():
+        for step in steps:
+            for salt, (ratio, run_dir) in enumerate(zip(step.remaining_ratios or (None,), step.run_dirs())):
+                value = robust[step.name]
+                shift = seed * spread if spread_steps is None or step.name in spread_steps else 0.0
+                value = (value[ratio] if isinstance(value, dict) else value) + shift
+                evaluation[run_dir] = {"natural_correct": _correct(natural, seed, 100 + salt),
+                                       "robust_correct": {"8": _correct(value, seed, salt),
+                                                          "12": _correct(value / 2, seed, salt)},
+                                       "seconds": 60.0}
+        names = [f"ratio_{r:g}" for r in RATIOS[:2]]
+        cells = [[_correct(value + seed * spread, seed, 10 * i + j) for j, value in enumerate(row)]
+                 for i, row in enumerate(transfer)]
+        tickets = [{"name": name, "remaining_ratio": r, "natural": natural, "attacked": 0.22,
+                    "attacked_correct": _correct(0.22, seed, 50 + i)} for i, (name, r) in enumerate(zip(names, RATIOS))]
+        r2s_report = {"tickets": tickets, "r2s": {"natural": natural, "vanilla": r2s_vanilla, "eot": 0.2},
+                      "r2s_correct": {"vanilla": _correct(r2s_vanilla + seed * spread, seed, 60)},
+                      "best_single": {"name": names[0], "attacked": 0.22}}
+        for protocol in ("standard", "paper"):
+            measured[seed, protocol] = ({"names": names, "accuracy": [list(row) for row in transfer],
+                                         "correct": cells}, r2s_report)
+    return reproduction_claims.Results(steps_by_seed, evaluation, measured, [8.0, 12.0]), steps_by_seed
 
 
 def _by_ratio(*values):
     return dict(zip(RATIOS, values))
 
 
-PAPER_LIKE = _figures(rst=_by_ratio(0.26, 0.28, 0.29, 0.25), inherited=_by_ratio(0.27, 0.29, 0.30, 0.27),
-                      reinit=_by_ratio(0.22, 0.25, 0.28, 0.27), rtt_natural=_by_ratio(0.10, 0.12, 0.15, 0.14),
-                      rtt_adversarial=_by_ratio(0.30, 0.31, 0.31, 0.30))
+PAPER_LIKE = {"rst": _by_ratio(0.26, 0.28, 0.29, 0.25), "finetune_inherited": _by_ratio(0.27, 0.29, 0.30, 0.27),
+              "finetune_reinit": _by_ratio(0.22, 0.25, 0.26, 0.27), "rtt_natural": _by_ratio(0.10, 0.12, 0.15, 0.14),
+              "rtt_adversarial": _by_ratio(0.36, 0.36, 0.36, 0.36), "dense_at": 0.28, "natural": 0.0,
+              "task_a_dense_at": 0.3, "task_b_rtt": {0.1: 0.10}, "task_b_rst": {0.1: 0.25}}
 
 
 def test_plan_runs_sources_then_sweeps_with_their_init_from(tmp_path):
@@ -87,52 +113,92 @@ def test_plan_rejects_bad_ratios(tmp_path):
         reproduce.plan(SearchConfig(), [0.1, 1.5], str(tmp_path))
 
 
-def test_claims_hold_for_paper_like_figures():
-    rows = reproduction_report.claims(PAPER_LIKE)
-    assert len(rows) == 7
-    assert [row["holds"] for row in rows] == [True] * 7, rows
-    assert "RST 29.0% (ratio 0.2) vs dense AT 30.0%" in rows[0]["measured"]
-    assert "EOT 21.0%" in rows[-1]["measured"]
+def _verdicts(rows):
+    return {(row["section"], row["contrast"], row["protocol"]): row["verdict"] for row in rows}
 
 
-def test_claims_that_the_figures_contradict_do_not_hold():
-    figures = _figures(rst=_by_ratio(0.20, 0.21, 0.22, 0.20), inherited=_by_ratio(0.30, 0.30, 0.30, 0.30),
-                       reinit=_by_ratio(0.25, 0.25, 0.25, 0.25), rtt_natural=_by_ratio(0.23, 0.23, 0.23, 0.23),
-                       rtt_adversarial=_by_ratio(0.30, 0.30, 0.30, 0.30), task_b=(0.3, 0.2),
-                       transfer=((0.30, 0.10), (0.10, 0.30)), r2s_vanilla=0.20, best_single=0.22)
-    verdicts = {row["claim"].split(" (")[0]: row["holds"] for row in reproduction_report.claims(figures)}
-    assert verdicts == {
-        "RSTs at 5-20% remaining ratio are close to dense AT": False,  # 22% vs 30%
-        "Fine-tuning re-initialised RSTs is not better than the RST at 5-20%": False,
-        "Vanilla RSTs are within a few points of fine-tuned RSTs with inherited weights": False,
-        "Adversarial RTT >= RST >= natural RTT": False,
-        "A transferred adversarial RTT": False,
-        "Adversarial examples transfer poorly between RSTs of different ratios": False,
-        "R2S is more robust than the best single RST under PGD-20": False}
+def test_claims_hold_for_paper_like_results_from_two_agreeing_seeds(tmp_path):
+    results, _ = _study(tmp_path, PAPER_LIKE)
+    rows = reproduction_claims.claims(results, ("standard", "paper"))
+    assert len(rows) == 15 and [row["num_seeds"] for row in rows] == [2] * 15
+    failed = {key: verdict for key, verdict in _verdicts(rows).items() if verdict != "holds"}
+    # the RTT gap at ε 12 is half the gap at ε 8 in this data, so the growth claim is the one that must fail
+    assert failed == {("§5.3", "(RST - natural RTT) at the largest ε minus at the claims' ε", ""): "does not hold"}
+    dense = next(row for row in rows if row["contrast"] == "RST at 20% minus dense AT, robust")
+    assert dense["estimate"] == pytest.approx(0.01) and dense["per_seed"] == pytest.approx([0.01, 0.01])
+    assert dense["rule"] == "RST at 20% minus dense AT, robust > -3 points"
+    transfer = next(row for row in rows if row["section"] == "§6.1")
+    assert transfer["estimate"] == pytest.approx((0.35 + 0.33) / 2 - (0.20 + 0.22) / 2)
 
 
-def test_report_has_command_scale_time_claims_and_figures():
-    rows = reproduction_report.claims(PAPER_LIKE)
-    rows[1]["holds"] = False
-    config = SearchConfig(width_multiplier=0.0625, epochs=4, train_examples=5000, test_examples=1000)
-    text = reproduction_report.markdown_report("python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
-                                     reproduction_report.scale_of(config, RATIOS, [8, 12]), 5400, PAPER_LIKE, rows,
-                                     {"fig1": "reproduction_figures/fig1.png"}, [8, 12])
+def test_claims_that_the_results_contradict_do_not_hold(tmp_path):
+    contradicting = dict(PAPER_LIKE, rst=_by_ratio(0.20, 0.21, 0.22, 0.20),
+                         finetune_inherited=_by_ratio(0.30, 0.30, 0.30, 0.30),
+                         finetune_reinit=_by_ratio(0.35, 0.35, 0.35, 0.35), rtt_natural=_by_ratio(0.33, 0.33, 0.33, 0.33),
+                         rtt_adversarial=_by_ratio(0.10, 0.10, 0.10, 0.10), task_b_rtt={0.1: 0.4})
+    results, _ = _study(tmp_path, contradicting, transfer=((0.40, 0.10), (0.10, 0.40)), r2s_vanilla=0.10)
+    verdicts = _verdicts(reproduction_claims.claims(results, ("standard",)))
+    assert verdicts[("§4.2", "RST at 20% minus dense AT, robust", "")] == "does not hold"
+    assert verdicts[("§5.1", "fine-tuned (inherited) minus RST, mean over 5-20%", "")] == "does not hold"
+    assert verdicts[("§5.1", "fine-tuned (re-init) minus RST, mean over 5-20%", "")] == "does not hold"
+    assert verdicts[("§5.2", "adversarial RTT minus RST, mean over the compared ratios", "")] == "does not hold"
+    assert verdicts[("§5.2", "RST minus natural RTT, mean over the compared ratios", "")] == "does not hold"
+    assert verdicts[("§6.3", "RST minus transferred RTT on classes 5-9", "")] == "does not hold"
+    assert verdicts[("§6.1", "mean off-diagonal minus mean diagonal of the transfer matrix", "standard")] == (
+        "does not hold")
+    assert verdicts[("§6.3", "R2S (vanilla) minus the seed's best single ticket", "standard")] == "does not hold"
+    assert verdicts[("§6.3", "R2S (vanilla) minus dense AT", "standard")] == "does not hold"
+
+
+def test_seeds_that_disagree_leave_a_small_difference_undecided(tmp_path):
+    results, _ = _study(tmp_path, PAPER_LIKE)
+    dense = next(row for row in reproduction_claims.claims(results, ("standard",))
+                 if row["contrast"] == "RST at 20% minus dense AT, robust")
+    assert dense["verdict"] == "holds"  # +1 point in both seeds: well above -3
+    # RSTs at 26% and 34% against dense AT at 28% in the two seeds: -2 and +6 points
+    skewed = dict(PAPER_LIKE, rst={r: v - 0.03 for r, v in PAPER_LIKE["rst"].items()})
+    results, _ = _study(tmp_path, skewed, spread=0.08, spread_steps=("rst",))
+    dense = next(row for row in reproduction_claims.claims(results, ("standard",))
+                 if row["contrast"] == "RST at 20% minus dense AT, robust")
+    assert dense["per_seed"] == pytest.approx([-0.02, 0.06])
+    assert dense["verdict"] == "undecided at this scale" and dense["dof"] < 2
+
+
+def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
+    results, steps_by_seed = _study(tmp_path, PAPER_LIKE)
+    rows = reproduction_claims.claims(results, ("standard", "paper"))
+    figures = reproduction_report.figures(results, 20, "standard", ("standard", "paper"))
+    config = SearchConfig(width_multiplier=0.125, epochs=6, train_examples=20000, test_examples=1000)
+    times = reproduction_report.run_times(steps_by_seed, {steps_by_seed[0][0].output_dir: {
+        "wall_seconds": 300.0, "cpu_seconds": 540.0, "resumed": False}}, results.evaluation)
+    text = reproduction_report.markdown_report(
+        "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
+        reproduction_report.scale_of(config, RATIOS, [8, 12], [0, 1]), 5400, figures, rows,
+        {"fig1": "reproduction_figures/fig1.png"}, [8, 12], times)
     lines = text.splitlines()
     assert "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg" in lines
-    assert "Wall time: 90.0 minutes (summed over the invocations that built it)." in lines
-    assert any(line.startswith("Scale: network resnet18 width 0.0625") and "remaining ratios 0.05, 0.1, 0.2, 0.5"
-               in line for line in lines)
-    claim_lines = [line for line in lines if line.startswith("| ") and line.endswith(("| holds |", "scale |"))]
-    assert len(claim_lines) == 7
-    assert claim_lines[1].endswith("| does not hold at this scale |")
-    assert "| kind | remaining ratio | natural | PGD-20 ε 8 | PGD-20 ε 12 |" in lines
-    assert "| RST | 0.2 | 40.0% | 29.0% | 14.5% |" in lines
+    assert any(line.startswith("Wall time: 90.0 minutes") for line in lines)
+    assert any(line.startswith("Scale: network resnet18 width 0.125") and "seeds 0, 1" in line for line in lines)
+    assert any("selects its checkpoint on the test set" in line for line in lines)
+    claim_lines = [line for line in lines if line.startswith("| §") and "| claim |" not in line]
+    assert len(claim_lines) == 15
+    dense = next(line for line in claim_lines if "minus dense AT, robust" in line)
+    low, high = next(row for row in rows if row["contrast"] == "RST at 20% minus dense AT, robust")["interval"]
+    assert f"| +1.0 [{100 * low:+.1f}, {100 * high:+.1f}] | +1.0, +1.0 | holds |" in dense
+    rst = contrasts.mean_accuracy([results.correct(seed, "rst", 0.2, "8") for seed in (0, 1)])
+    assert figures["kinds"]["rst"][2]["robust_interval"] == rst["interval"]
+    assert any(line.startswith("| RST | 0.2 | 45.0% [") and f"| 29.0% [{100 * rst['interval'][0]:.1f}, " in line
+               for line in lines)
+    assert "| 0 | dense_at | - | 5.0 | 9.0 | no | 1.0 |" in lines
+    assert "| 1 | dense_at | - | - | - | - | 1.0 |" in lines
     assert "![fig1](reproduction_figures/fig1.png)" in lines
+    written = reproduction_report.write_figures(figures, str(tmp_path / "figures"), [8.0, 12.0])
+    assert sorted(written) == ["fig1", "fig2", "fig3", "fig5", "fig6", "transfer", "transfer_paper"]
+    assert all((tmp_path / "figures" / name).is_file() for name in written.values())
 
 
 def test_ticket_kind_figure_holds_each_kind_the_baseline_and_the_zoom(tmp_path):
-    series = {"RST": [{"remaining_ratio": 0.5, "natural": 0.5, "robust": 0.3},
+    series = {"RST": [{"remaining_ratio": 0.5, "natural": 0.5, "robust": 0.3, "robust_interval": [0.25, 0.35]},
                       {"remaining_ratio": 0.05, "natural": 0.4, "robust": 0.2},
                       {"remaining_ratio": 0.1, "natural": 0.45, "robust": 0.25}],
               "adversarial RTT": [{"remaining_ratio": 0.1, "natural": 0.6, "robust": 0.35}]}
@@ -148,6 +214,10 @@ def test_ticket_kind_figure_holds_each_kind_the_baseline_and_the_zoom(tmp_path):
     assert list(zoomed.get_xdata()) == [0.05, 0.1] and robust_zoom.get_xlim()[1] <= 0.25
     assert list(natural.get_lines()[0].get_ydata()) == [0.4, 0.45, 0.5]
     assert list(natural_zoom.get_lines()[2].get_ydata()) == [0.55, 0.55]
+    # the one point with an interval has an error bar, on the robust panel only
+    bars = [c for c in robust.collections if len(c.get_segments())]
+    assert len(bars) == 1 and np.allclose(bars[0].get_segments()[0], [[0.5, 0.25], [0.5, 0.35]])
+    assert not natural.collections
 
 
 def test_epsilon_figure_has_one_axes_per_budget(tmp_path):
@@ -161,22 +231,19 @@ def test_epsilon_figure_has_one_axes_per_budget(tmp_path):
     assert [line.get_label() for line in figure.axes[1].get_lines()] == ["RST"]
 
 
-def test_write_figures_draws_every_figure(tmp_path):
-    written = reproduction_report.write_figures(PAPER_LIKE, str(tmp_path), [8.0, 12.0])
-    assert sorted(written) == ["fig1", "fig2", "fig3", "fig5", "fig6", "transfer"]
-    assert all((tmp_path / name).is_file() for name in written.values())
-
-
 def test_dry_run_lists_the_plan_of_the_cpu_flagfile():
     result = _app("--flagfile=flags/reproduce/cpu.cfg", "--dry_run")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    assert [row[0] for row in rows][:3] == ["dense_at", "natural", "rst"] and len(rows) == 10
-    assert rows[3][4] == "init_from=runs/reproduce_cpu/rst/ratio_{ratio}"
+    assert [row[1] for row in rows][:3] == ["dense_at", "natural", "rst"] and len(rows) == 20
+    assert [row[0] for row in rows] == ["seed 0"] * 10 + ["seed 1"] * 10
+    assert rows[3][5] == "init_from=runs/reproduce_cpu/seed_0/rst/ratio_{ratio}"
+    assert rows[13][5] == "init_from=runs/reproduce_cpu/seed_1/rst/ratio_{ratio}"
+    assert rows[2][4] == "ratios=0.05,0.2,0.5" and rows[3][4] == "ratios=0.05,0.2"
 
 
-@pytest.mark.parametrize("flag", ["--remaining_ratios=0.1,2", "--eval_epsilons=0", "--transfer_ratio=3",
-                                  "--network=nope", "--flagfile=flags/missing.cfg", "--pgd_protocol=official"])
+@pytest.mark.parametrize("flag", ["--remaining_ratios=0.1,2", "--eval_epsilons=0", "--transfer_ratio=3", "--seeds=0,0",
+                                  "--seeds=a", "--network=nope", "--flagfile=flags/missing.cfg", "--pgd_protocol=official"])
 def test_bad_flags_give_one_error_line(flag):
     result = _app(flag, "--dry_run")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -184,58 +251,51 @@ def test_bad_flags_give_one_error_line(flag):
 
 
 def test_a_source_folder_holding_another_setting_is_refused(tmp_path):
-    import dataclasses
-    import json
-
     step = reproduce.plan(SearchConfig(epochs=1), RATIOS, str(tmp_path))[0]
     other = dataclasses.replace(step.config, epochs=2)
     os.makedirs(step.output_dir)
     with open(os.path.join(step.output_dir, "config.json"), "w") as handle:
         json.dump(dataclasses.asdict(other), handle)
     with pytest.raises(ValueError, match="holds a run with epochs 2, not 1"):
-        reproduce.run_step(step)
+        reproduce.run_step(step, str(tmp_path / "run_times.json"))
 
 
-def test_report_states_the_sampling_noise_of_its_test_subset():
-    assert reproduction_report.sampling_noise(0.5, 100) == pytest.approx(0.05)
-    figures = dict(PAPER_LIKE, num_examples=1000)
-    rows = reproduction_report.claims(figures)
-    config = SearchConfig(epsilon=0.0313725, epochs=4)
-    scale = reproduction_report.scale_of(config, RATIOS, [8])
-    assert scale["search attack"].endswith("at 8/255")
-    text = reproduction_report.markdown_report("cmd", scale, 60, figures, rows, {}, [8])
-    noise = [line for line in text.splitlines() if line.startswith("Noise:")]
-    typical = np.mean([p["robust"] for points in figures["kinds"].values() for p in points])
-    error = np.sqrt(typical * (1 - typical) / 1000)
-    assert len(noise) == 1 and f"one standard error is {100 * error:.1f} points" in noise[0]
-    assert f"about {100 * 2 * np.sqrt(2) * error:.1f} points" in noise[0]
-    # Without a count (older caches) the paragraph is left out rather than guessed.
-    assert "Noise:" not in reproduction_report.markdown_report("cmd", scale, 60, PAPER_LIKE, rows, {}, [8])
+def test_a_run_step_records_its_time_once_and_skips_when_finished(tmp_path, cifar10_path):
+    config = SearchConfig(network="resnet18", width_multiplier=0.0625, train_examples=32, validation_examples=16,
+                          test_examples=16, batch_size=32, epochs=1, attack_steps=1, eval_attack_steps=1,
+                          data_dir=cifar10_path)
+    step = next(step for step in reproduce.plan_seeds(config, (0.2,), str(tmp_path), [4])[4]
+                if step.name == "natural")
+    times_path = str(tmp_path / "run_times.json")
+    messages = []
+    reproduce.run_step(step, times_path, log=messages.append)
+    times = json.loads(open(times_path).read())
+    assert list(times) == [step.output_dir] and times[step.output_dir]["resumed"] is False
+    assert times[step.output_dir]["wall_seconds"] > 0 and times[step.output_dir]["cpu_seconds"] > 0
+    assert step.output_dir == str(tmp_path / "seed_4" / "natural")
+    assert json.loads(open(os.path.join(step.output_dir, "config.json")).read())["seed"] == 4
+    reproduce.run_step(step, times_path, log=messages.append)
+    assert messages[-1] == "natural: finished, skipped" and json.loads(open(times_path).read()) == times
 
 
-def test_transfer_claims_state_both_pgd_protocols_and_every_accuracy_its_interval():
-    other = {"pgd_protocol": "paper", "transfer": {"names": ["ratio_0.05", "ratio_0.1"],
-                                                   "accuracy": [[0.30, 0.10], [0.10, 0.30]]},
-             "r2s": {"natural": 0.4, "vanilla": 0.20, "eot": 0.19,
-                     "best_single": {"name": "ratio_0.1", "natural": 0.41, "attacked": 0.22}}}
-    figures = dict(PAPER_LIKE, num_examples=1000, pgd_protocol="standard", other_protocol=other)
-    rows = {row["claim"].split(" (§")[0]: row for row in reproduction_report.claims(figures)}
-    wilson = lambda value: intervals.format_accuracy(value, 1000)  # noqa: E731
-    transfer = rows["Adversarial examples transfer poorly between RSTs of different ratios"]
-    assert transfer["holds"] is True  # the verdict is the standard protocol's
-    assert transfer["measured"] == ("standard PGD: off-diagonal 34.0% vs diagonal 21.0%; paper PGD: off-diagonal "
-                                    "10.0% vs diagonal 30.0% (does not hold at this scale)")
-    r2s_row = rows["R2S is more robust than the best single RST under PGD-20"]
-    assert r2s_row["measured"] == (
-        f"standard PGD: R2S vanilla {wilson(0.30)}, EOT {wilson(0.21)} vs best single {wilson(0.22)} (ratio_0.1); "
-        f"paper PGD: R2S vanilla {wilson(0.20)}, EOT {wilson(0.19)} vs best single {wilson(0.22)} (ratio_0.1) "
-        "(does not hold at this scale)")
-    assert wilson(0.30) == "30.0% [27.2, 32.9]"
-    assert f"RST {wilson(0.29)} (ratio 0.2) vs dense AT {wilson(0.30)}" in rows[
-        "RSTs at 5-20% remaining ratio are close to dense AT"]["measured"]
-    config = SearchConfig(width_multiplier=0.0625, epochs=4)
-    text = reproduction_report.markdown_report("cmd", reproduction_report.scale_of(config, RATIOS, [8, 12], "paper"),
-                                               60, figures, list(rows.values()), {}, [8, 12])
-    assert "measured under both PGD protocols: standard and paper" in text
-    assert f"| RST | 0.2 | 40.0% | {wilson(0.29)} | {wilson(0.145)} |" in text.splitlines()
-    assert "evaluation PGD-20 (paper protocol) at 8, 12/255" in text
+def test_every_seed_is_measured_on_the_first_seeds_test_images(cifar10_path):
+    from rst_tf import reproduction_measure
+
+    config = SearchConfig(train_examples=32, validation_examples=16, test_examples=24, data_dir=cifar10_path)
+    test_sets = reproduction_measure.TestSets(cifar10_path, 8, test_seed=0)
+    first = test_sets.batches(dataclasses.replace(config, seed=0))
+    second = test_sets.batches(dataclasses.replace(config, seed=1))
+    assert second is first and sum(int(labels.shape[0]) for _, labels in first) == 24
+    other = reproduction_measure.TestSets(cifar10_path, 8, test_seed=1).batches(config)
+    assert not np.array_equal(np.concatenate([l.numpy() for _, l in other]),
+                              np.concatenate([l.numpy() for _, l in first]))
+
+
+def test_comparison_ratios_narrow_the_fine_tuned_and_rtt_sweeps(tmp_path):
+    steps = reproduce.plan(SearchConfig(epochs=1), (0.05, 0.2, 0.5), str(tmp_path), comparison_ratios=(0.05, 0.2))
+    ratios = {step.name: step.remaining_ratios for step in steps if step.remaining_ratios}
+    assert ratios["rst"] == (0.05, 0.2, 0.5)
+    assert all(ratios[name] == (0.05, 0.2) for name in ("finetune_inherited", "finetune_reinit", "rtt_natural",
+                                                           "rtt_adversarial"))
+    with pytest.raises(ValueError, match="comparison_ratios must be some of the remaining ratios"):
+        reproduce.plan(SearchConfig(epochs=1), (0.05, 0.2), str(tmp_path), comparison_ratios=(0.1,))

@@ -107,3 +107,8 @@ def test_bad_sweep_flags_fail_with_one_line(tmp_path, cifar10_path, bad_args, me
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_refuses_nested_ratios():
+    with pytest.raises(ValueError, match="a sweep over remaining_ratios takes none"):
+        sweep.run_configs(SearchConfig(mode="rst", nested_ratios=(0.05, 0.1)), [0.05, 0.1])

@@ -129,6 +129,8 @@ def ticket_kinds_vs_remaining_ratio(series, path, dense=None, zoom=ZOOM_RATIOS, 
     dense AT baseline. Axes, in order: robust (all ratios), robust zoomed to `zoom` (ratios in [lo, hi]), natural,
     natural zoomed. On each axes, line i is kind i, labelled with the kind, x data the sorted ratios (those inside
     the zoom on a zoom panel) and y data the accuracies; the baseline is a dashed horizontal line "dense AT".
+    Points (and the baseline) with "<metric>_interval": [low, high] get error bars (a vertical segment each; the
+    baseline a shaded band).
     """
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
     for row, metric in enumerate(("robust", "natural")):
@@ -140,8 +142,10 @@ def ticket_kinds_vs_remaining_ratio(series, path, dense=None, zoom=ZOOM_RATIOS, 
                     points = [p for p in points if zoom[0] <= p["remaining_ratio"] <= zoom[1]]
                 ax.plot([p["remaining_ratio"] for p in points], [p[metric] for p in points], marker="o",
                         color=f"C{index}", label=kind)
+                _error_bars(ax, points, metric, f"C{index}")
             if dense is not None:
                 ax.axhline(dense[metric], linestyle="--", color="black", label="dense AT")
+                _error_band(ax, dense, metric)
             if zoomed:
                 ax.set_xlim(zoom[0] * 0.9, zoom[1] * 1.05)
                 ax.set_title(f"{metric} accuracy, ratios {zoom[0] * 100:g}-{zoom[1] * 100:g}%")
@@ -157,11 +161,27 @@ def ticket_kinds_vs_remaining_ratio(series, path, dense=None, zoom=ZOOM_RATIOS, 
     return _save(figure, path)
 
 
+def _error_bars(ax, points, metric, color):
+    """Vertical segments over the points that carry "<metric>_interval" (not lines of `ax.lines`)."""
+    key = f"{metric}_interval"
+    shown = [p for p in points if key in p and not np.isnan(p[key][0])]
+    if shown:
+        ax.vlines([p["remaining_ratio"] for p in shown], [p[key][0] for p in shown], [p[key][1] for p in shown],
+                  color=color, alpha=0.6, linewidth=2)
+
+
+def _error_band(ax, baseline, metric):
+    interval = baseline.get(f"{metric}_interval")
+    if interval is not None and not np.isnan(interval[0]):
+        ax.axhspan(interval[0], interval[1], color="black", alpha=0.08)
+
+
 def robust_accuracy_by_epsilon(series_by_epsilon, path, dense_by_epsilon=None, title=None):
     """Robust accuracy against the remaining ratio, one axes per perturbation budget (paper Fig. 6).
 
     `series_by_epsilon`: {epsilon in /255: {kind: [{"remaining_ratio", "robust"}, ...]}}, axes in that order, each
-    titled "epsilon <e>/255"; on each, line i is kind i (label: the kind, x: sorted ratios, y: robust accuracy).
+    titled "epsilon <e>/255"; on each, line i is kind i (label: the kind, x: sorted ratios, y: robust accuracy);
+    points with "robust_interval" get error bars.
     `dense_by_epsilon` (optional {epsilon: robust accuracy}): the dense AT baseline, a dashed line "dense AT".
     """
     epsilons = list(series_by_epsilon)
@@ -171,6 +191,7 @@ def robust_accuracy_by_epsilon(series_by_epsilon, path, dense_by_epsilon=None, t
             points = sorted(points, key=lambda p: p["remaining_ratio"])
             ax.plot([p["remaining_ratio"] for p in points], [p["robust"] for p in points], marker="o",
                     color=f"C{index}", label=kind)
+            _error_bars(ax, points, "robust", f"C{index}")
         if dense_by_epsilon is not None and epsilon in dense_by_epsilon:
             ax.axhline(dense_by_epsilon[epsilon], linestyle="--", color="black", label="dense AT")
         ax.set_title(f"epsilon {epsilon:g}/255")

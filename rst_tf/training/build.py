@@ -18,14 +18,18 @@ def load_data(config):
 def build_network(config, num_classes, image_shape):
     """The searched network: masked at `remaining_ratio`, or dense (ratio 1) for `dense_at` / `natural`.
 
-    A reinit fine-tune draws its kernels with `finetune_init` from `reinit_seed` (`config.weight_seed()`).
+    A reinit fine-tune draws its kernels with `finetune_init` from `reinit_seed` (`config.weight_seed()`). A nested
+    search's network is masked at the largest of `nested_ratios` and its BatchNorm layers hold one slot of statistics
+    for each smaller ratio (`rst_tf.nested`).
     """
-    network = networks.build(
-        config.network, num_classes=num_classes, input_shape=image_shape, dataset=config.dataset,
-        remaining_ratio=1.0 if config.mode in _DENSE_MODES else config.remaining_ratio,
-        sparsity=config.sparsity, weight_init=config.network_weight_init(), seed=config.weight_seed(),
-        scale_fan=config.scale_fan, width_multiplier=config.width_multiplier,
-        dense_first_conv=config.dense_first_conv, dense_classifier=config.dense_classifier)
+    ratios = config.ticket_ratios()
+    with layers.statistics_slots(len(ratios) - 1):
+        network = networks.build(
+            config.network, num_classes=num_classes, input_shape=image_shape, dataset=config.dataset,
+            remaining_ratio=1.0 if config.mode in _DENSE_MODES else ratios[-1],
+            sparsity=config.sparsity, weight_init=config.network_weight_init(), seed=config.weight_seed(),
+            scale_fan=config.scale_fan, width_multiplier=config.width_multiplier,
+            dense_first_conv=config.dense_first_conv, dense_classifier=config.dense_classifier)
     search.configure_mode(network, config.mode)
     if config.topk_scope == "global":
         layers.set_topk_scope(network, "global")

@@ -30,6 +30,10 @@ class SearchConfig:
                                       "twin).")
     width_multiplier: float = _field(1.0, "Scale every layer's channels (CPU-scale runs: 1/8 to 1/4).")
     remaining_ratio: float = _field(0.05, "Fraction of weights each masked layer keeps, in (0, 1].")
+    nested_ratios: tuple[float, ...] = _field((), "Search nested tickets at these remaining ratios (e.g. "
+                                                  "0.05,0.1,0.2,0.3) from one set of scores, minimising the mean of "
+                                                  "their adversarial losses; replaces --remaining_ratio, which becomes "
+                                                  "the largest. Mode rst, topk_scope layer. Empty: one ratio.")
     sparsity: str = _field("element", "Sparsity pattern of the mask: element | row | kernel | channel.")
     topk_scope: str = _field("layer", "layer: each masked layer keeps its own top-k (the paper); global: one top-k "
                                       "over the scores of all masked layers (needs sparsity element).")
@@ -120,6 +124,7 @@ class SearchConfig:
             ("weight_decay", self.weight_decay >= 0, "non-negative"),
             ("eval_every", self.eval_every >= 1, "at least 1"),
             ("lr_drops", all(0 < f < 1 for f in self.lr_drops), "fractions of the run in (0, 1)"),
+            *_nested_checks(self),
         ]
         for field, ok, expected in checks:
             if not ok:
@@ -127,12 +132,20 @@ class SearchConfig:
         self.attack_config().validate()
         objectives.attack_config(self.objective, self.attack_config()).validate()
 
+    def ticket_ratios(self):
+        """The remaining ratios of the run's tickets, ascending: `nested_ratios`, or `remaining_ratio` alone."""
+        return tuple(sorted(self.nested_ratios)) if self.nested_ratios else (self.remaining_ratio,)
+
     def reinit_finetune(self):
         """Whether this run fine-tunes an RST from a fresh kernel."""
         return self.mode == "finetune" and self.finetune_weights == "reinit"
 
     def resolved(self):
-        """This config with the derived `reinit_seed` filled in (what config.json records)."""
+        """This config with the derived values filled in (what config.json records): `reinit_seed`, or a nested
+        search's ratios sorted and `remaining_ratio` set to the largest (the network's own masks and statistics)."""
+        if self.nested_ratios:
+            ratios = self.ticket_ratios()
+            return dataclasses.replace(self, nested_ratios=ratios, remaining_ratio=ratios[-1])
         if self.reinit_finetune() and self.reinit_seed < 0:
             derived = int(np.random.SeedSequence([_REINIT_STREAM, self.seed % 2**32]).generate_state(1)[0] >> 1)
             return dataclasses.replace(self, reinit_seed=derived)
@@ -164,3 +177,21 @@ class SearchConfig:
 
         return attacks.AttackConfig(name="pgd", epsilon=self.epsilon, steps=self.eval_attack_steps,
                                     step_size=self.epsilon / 4)
+
+
+def _nested_checks(config):
+    """(field, ok, expected) checks of `nested_ratios`: two or more distinct ratios in (0, 1), searched by an `rst`
+    run with per-layer top-k from random weights."""
+    ratios = config.nested_ratios
+    if not ratios:
+        return []
+    return [("nested_ratios", len(ratios) >= 2 and len(set(ratios)) == len(ratios),
+             "two or more distinct remaining ratios"),
+            ("nested_ratios", all(0.0 < r < 1.0 for r in ratios), "remaining ratios in (0, 1) (a ratio of 1 keeps "
+             "every weight: nothing to search)"),
+            ("nested_ratios", config.mode == "rst", f"empty in mode {config.mode} (nested tickets are searched by "
+             "mode rst)"),
+            ("nested_ratios", config.topk_scope == "layer", "empty with topk_scope global (nested tickets need "
+             "per-layer top-k)"),
+            ("nested_ratios", not config.init_from, "empty with init_from (nested tickets are searched from random "
+             "weights)")]

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from rst_tf import attacks, data, distribute, layers, search
+from rst_tf import attacks, data, distribute, layers, nested, search
 from rst_tf.evaluation import attacked
 from rst_tf.training import build, run_dir, warm_start
 
@@ -58,8 +58,13 @@ class _Run:
             raise ValueError(f"batch_size {global_batch} is larger than the {self.splits.num_train} training examples")
         with self.strategy.scope():
             self.network = warm_start.initial_network(config, self.splits.num_classes, self.splits.image_shape)
-            self.model = search.SearchModel(self.network, config.attack_config(), config.weight_decay,
-                                            config.attack_bn_training, config.seed, config.objective)
+            options = dict(weight_decay=config.weight_decay, attack_bn_training=config.attack_bn_training,
+                           seed=config.seed, objective=config.objective)
+            if config.nested_ratios:
+                self.model = nested.NestedSearchModel(self.network, config.ticket_ratios(), config.attack_config(),
+                                                      **options)
+            else:
+                self.model = search.SearchModel(self.network, config.attack_config(), **options)
             self.optimizer = keras.optimizers.SGD(learning_rate_schedule(config, self.steps_per_epoch),
                                                   momentum=config.momentum)
             self.model.compile(optimizer=self.optimizer, jit_compile=config.jit_compile)
@@ -78,6 +83,10 @@ class _Run:
         self._distributed_step = None
         self.natural_accuracy = attacked.AttackedAccuracy(self.network, attacks.AttackConfig(name="none"))
         self.robust_accuracy = attacked.AttackedAccuracy(self.network, config.eval_attack_config(), config.seed)
+        self.ticket_accuracies = None  # a nested search reports every ticket, and their means
+        if config.nested_ratios:
+            self.ticket_accuracies = nested.TicketAccuracies(self.network, config.ticket_ratios(),
+                                                             config.eval_attack_config(), config.seed)
 
     def data_summary(self):
         return {"num_classes": self.splits.num_classes, "image_shape": list(self.splits.image_shape),
@@ -117,18 +126,23 @@ class _Run:
         """The learning rate of the next step."""
         return float(self.optimizer.learning_rate)
 
+    def accuracies(self, batches, prefix):
+        """Natural and PGD-20 accuracy (`<prefix>_natural_accuracy`, `<prefix>_pgd20_accuracy`); a nested search
+        also gives each ticket's (`..._ratio_<r>`), and the plain names hold the means over the tickets."""
+        if self.ticket_accuracies is not None:
+            return self.ticket_accuracies(batches, prefix)
+        return {f"{prefix}_natural_accuracy": self.natural_accuracy(batches),
+                f"{prefix}_pgd20_accuracy": self.robust_accuracy(batches)}
+
     def validate(self):
         """Natural and PGD-20 accuracy on the held-out validation split."""
-        batches = data.eval_batches(self.splits.validation, self.config.batch_size)
-        return {"val_natural_accuracy": self.natural_accuracy(batches),
-                "val_pgd20_accuracy": self.robust_accuracy(batches)}
+        return self.accuracies(data.eval_batches(self.splits.validation, self.config.batch_size), "val")
 
     def test_report(self, checkpoint_path):
         """Natural and PGD-20 test accuracy of the weights in `checkpoint_path`."""
         self.checkpoint.restore(checkpoint_path).expect_partial()
         batches = data.eval_batches(self.splits.test, self.config.batch_size)
-        return {"test_natural_accuracy": self.natural_accuracy(batches),
-                "test_pgd20_accuracy": self.robust_accuracy(batches), "epoch": int(self.epoch.numpy())}
+        return {**self.accuracies(batches, "test"), "epoch": int(self.epoch.numpy())}
 
 
 def _log(message):
@@ -196,6 +210,7 @@ def _run(config, output_dir, resume, progress, log):
             run_dir.write_json(os.path.join(output_dir, "metrics.json"), {"data": state.data_summary(),
                                                                            "epochs": state.history})
         state.epoch.assign(epoch + 1)
+        # best: the highest validation PGD-20 accuracy (of a nested search: its mean over the tickets)
         if "val_pgd20_accuracy" in row and row["val_pgd20_accuracy"] > state.best_accuracy.numpy():
             state.best_accuracy.assign(row["val_pgd20_accuracy"])
             state.best.save(checkpoint_number=epoch + 1)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 
-_TUPLE_FIELDS = ("lr_drops", "class_subset")
+_TUPLE_FIELDS = ("lr_drops", "class_subset", "nested_ratios")
 
 
 def load_run(run_dir, checkpoint="best"):

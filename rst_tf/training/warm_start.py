@@ -66,6 +66,10 @@ def check_init_from(config):
         wanted, fields = ("rst",), _TICKET_FIELDS
     else:
         wanted, fields = ("dense_at", "natural"), _TRAINED_NETWORK_FIELDS
+    if source_config.nested_ratios:
+        raise ValueError(f"init_from {config.init_from} is a nested search (nested_ratios "
+                         f"{','.join(f'{r:g}' for r in source_config.nested_ratios)}); a run starts from a run of one "
+                         "remaining ratio")
     if source_config.mode not in wanted:
         raise ValueError(f"init_from {config.init_from} is a mode {source_config.mode} run; mode {config.mode} "
                          f"starts from a run of mode {' or '.join(wanted)}")

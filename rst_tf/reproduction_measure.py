@@ -1,0 +1,130 @@
+"""The reproduction study's measurements, each cached in a JSON file so that a killed study continues where it was.
+
+Every run of the study is measured on one test set: the test subset that the study's first seed draws (for the
+runs' task: all classes, or the class subset of the transfer study), so the per-example results of every run and
+seed are paired on the same images (`evaluation.contrasts`). Per-example results are kept as '0'/'1' strings.
+"""
+import dataclasses
+
+from rst_tf import attacks
+from rst_tf.evaluation import contrasts
+from rst_tf.training import build
+from rst_tf.training import run_dir as run_files
+
+
+def pgd(steps, epsilon, pgd_protocol):
+    """The evaluation PGD of the study (`attacks.pgd_eval_config`)."""
+    return attacks.pgd_eval_config(epsilon, pgd_protocol, steps)
+
+
+class TestSets:
+    """The study's test batches per task (class subset), drawn once with `test_seed` whatever the run's seed."""
+
+    def __init__(self, data_dir, batch_size, test_seed):
+        self.data_dir, self.batch_size, self.test_seed = data_dir, int(batch_size), int(test_seed)
+        self._by_task = {}
+
+    def batches(self, config):
+        from rst_tf import data
+        from rst_tf.evaluation import suite
+
+        key = (tuple(config.class_subset), config.dataset, config.test_examples)
+        if key not in self._by_task:
+            chosen = dataclasses.replace(config, data_dir=self.data_dir or config.data_dir, seed=self.test_seed)
+            splits = build.load_data(chosen)
+            self._by_task[key] = suite.materialize(data.eval_batches(splits.test, self.batch_size))
+        return self._by_task[key]
+
+
+def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, pgd_protocol="standard"):
+    """Natural and PGD accuracy at each ε (in /255) of each run's best checkpoint on the study's test set.
+
+    Returns {run_dir: {natural, natural_correct, robust: {"<ε>": accuracy}, robust_correct: {"<ε>": '0'/'1'},
+    robust_intervals, num_examples, pgd_protocol, seconds}}, cached in `cache_path` (a run already there with the
+    same protocol, budgets and test seed is not evaluated again). An example counts as robust only if its clean
+    image is classified correctly too; PGD runs the runs' `eval_attack_steps`.
+    """
+    from rst_tf.evaluation import suite
+
+    cache = run_files.read_json(cache_path)
+    wanted = [f"{e:g}" for e in epsilons]
+    for run_dir in run_dirs:
+        cached = cache.get(run_dir, {})
+        if (cached.get("pgd_protocol") == pgd_protocol and cached.get("test_seed") == test_sets.test_seed
+                and all(key in cached.get("robust_correct", {}) for key in wanted)):
+            continue
+        network, config = run_files.load_run(run_dir, "best")
+        attack_configs = [pgd(config.eval_attack_steps, e / 255, pgd_protocol) for e in epsilons]
+        result = suite.evaluate_attacks(network, test_sets.batches(config), attack_configs, seed=seed)
+        cache[run_dir] = {
+            "natural": result["natural"]["accuracy"], "natural_correct": contrasts.pack(result["natural"]["correct"]),
+            "robust": {key: attack["accuracy"] for key, attack in zip(wanted, result["attacks"])},
+            "robust_correct": {key: contrasts.pack(attack["correct"]) for key, attack in zip(wanted, result["attacks"])},
+            "robust_intervals": {key: attack["interval"] for key, attack in zip(wanted, result["attacks"])},
+            "num_examples": result["natural"]["num_examples"], "pgd_protocol": pgd_protocol,
+            "test_seed": test_sets.test_seed, "seconds": sum(attack["seconds"] for attack in result["attacks"])}
+        log(f"evaluated {run_dir}: natural {cache[run_dir]['natural']:.4f}, " + ", ".join(
+            f"ε {key} {value:.4f}" for key, value in cache[run_dir]["robust"].items()))
+        run_files.write_json(cache_path, cache)
+    return {run_dir: cache[run_dir] for run_dir in run_dirs}
+
+
+def transfer_between(run_dirs, names, epsilon, steps, cache_path, test_sets, seed=0, pgd_protocol="standard"):
+    """`transfer.transfer_matrix` between the runs' best checkpoints (PGD-`steps` at ε/255) on the study's test set,
+    with each cell's per-example results ('correct', packed), cached in `cache_path`."""
+    from rst_tf.evaluation import transfer
+
+    cached = run_files.read_json(cache_path)
+    attack = pgd(steps, epsilon / 255, pgd_protocol)
+    if (cached.get("names") == list(names) and cached.get("attack") == dataclasses.asdict(attack)
+            and cached.get("test_seed") == test_sets.test_seed and "correct" in cached):
+        return cached
+    networks, config = {}, None
+    for name, run_dir in zip(names, run_dirs):
+        networks[name], config = run_files.load_run(run_dir, "best")
+    result = transfer.transfer_matrix(networks, test_sets.batches(config), attack, seed=seed)
+    result["correct"] = [[contrasts.pack(cell) for cell in row] for row in result["correct"]]
+    result.update(run_dirs=list(run_dirs), test_seed=test_sets.test_seed)
+    run_files.write_json(cache_path, result)
+    return result
+
+
+def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla", "eot"), seed=0,
+           pgd_protocol="standard"):
+    """R2S over the runs' tickets on the study's test set: each ticket alone under the white-box attack and R2S
+    under each of `adaptive`, with per-example results, cached in `cache_path`.
+
+    Returns {tickets: [{name, remaining_ratio, natural, attacked, attacked_correct}], r2s: {natural, <kind>...},
+    r2s_correct: {<kind>: packed}, best_single: {name, attacked}, num_examples, run_dirs, attack, test_seed}.
+    """
+    from rst_tf import r2s, tickets
+
+    cached = run_files.read_json(cache_path)
+    attack = pgd(steps, epsilon / 255, pgd_protocol)
+    if (cached.get("run_dirs") == list(run_dirs) and cached.get("attack") == dataclasses.asdict(attack)
+            and cached.get("test_seed") == test_sets.test_seed
+            and all(kind in cached.get("r2s_correct", {}) for kind in adaptive)):
+        return cached
+    banks, _ = tickets.from_runs(list(run_dirs))
+    (task, bank), = banks.items()
+    batches = test_sets.batches(run_files.read_config(run_dirs[0]))
+    evaluation = r2s.BankEvaluation(bank, attack, seed)
+    report = {"tickets": [], "r2s": {}, "r2s_correct": {}, "task": task, "run_dirs": list(run_dirs),
+              "attack": dataclasses.asdict(attack), "test_seed": test_sets.test_seed}
+    for index, ticket in enumerate(bank.tickets):
+        natural = evaluation.ticket_correct(batches, index, attacked=False)
+        attacked = evaluation.ticket_correct(batches, index, natural=natural)
+        report["tickets"].append({"name": ticket.name, "remaining_ratio": ticket.remaining_ratio,
+                                  "natural": float(natural.mean()), "attacked": float(attacked.mean()),
+                                  "attacked_correct": contrasts.pack(attacked)})
+    natural = evaluation.r2s_correct(batches)
+    report["r2s"]["natural"] = float(natural.mean())
+    for kind in adaptive:
+        correct = evaluation.r2s_correct(batches, kind, natural)
+        report["r2s"][kind] = float(correct.mean())
+        report["r2s_correct"][kind] = contrasts.pack(correct)
+    best = max(report["tickets"], key=lambda row: row["attacked"])
+    report["best_single"] = {"name": best["name"], "attacked": best["attacked"]}
+    report["num_examples"] = int(natural.size)
+    run_files.write_json(cache_path, report)
+    return report
