@@ -75,7 +75,10 @@ def plan(config, remaining_ratios, output_dir, transfer_ratio=None, task_a=TASK_
         Step("finetune_reinit", dataclasses.replace(
             base, mode="finetune", init_from=os.path.join(rst, "ratio_{ratio}"), finetune_weights="reinit"),
             path("finetune_reinit"), compared),
-        Step("rtt_natural", dataclasses.replace(base, mode="rst", init_from=natural), path("rtt_natural"), compared),
+        # A naturally trained source has ~0% PGD accuracy at every epoch, so "best" (by validation PGD accuracy) would
+        # pick an arbitrary epoch: natural RTTs start from its last, fully trained checkpoint.
+        Step("rtt_natural", dataclasses.replace(base, mode="rst", init_from=natural, init_checkpoint="last"),
+             path("rtt_natural"), compared),
         Step("rtt_adversarial", dataclasses.replace(base, mode="rst", init_from=dense_at), path("rtt_adversarial"),
              compared),
         Step("task_a_dense_at", dataclasses.replace(base, mode="dense_at", class_subset=tuple(task_a)), task_a_dense),

@@ -92,6 +92,8 @@ def test_plan_runs_sources_then_sweeps_with_their_init_from(tmp_path):
     assert by_name["finetune_reinit"].config.finetune_weights == "reinit"
     assert by_name["finetune_inherited"].config.finetune_weights == "inherited"
     assert by_name["rtt_natural"].config.init_from == str(tmp_path / "natural")
+    assert by_name["rtt_natural"].config.init_checkpoint == "last"
+    assert {step.config.init_checkpoint for step in steps if step.name != "rtt_natural"} == {"best"}
     assert by_name["rtt_adversarial"].config.init_from == str(tmp_path / "dense_at")
     assert by_name["task_b_rtt"].config.init_from == str(tmp_path / "task_a_dense_at")
     assert by_name["task_a_dense_at"].config.class_subset == (0, 1, 2, 3, 4)
