@@ -17,6 +17,12 @@ def pgd(steps, epsilon, pgd_protocol):
     return attacks.pgd_eval_config(epsilon, pgd_protocol, steps)
 
 
+def checkpoint_of(config):
+    """The checkpoint the study measures: "best" (by validation PGD accuracy), but the last one of a naturally
+    trained run, whose PGD accuracy is ~0 at every epoch and so selects nothing."""
+    return "last" if config.mode == "natural" else "best"
+
+
 class TestSets:
     """The study's test batches per task (class subset), drawn once with `test_seed` whatever the run's seed."""
 
@@ -37,7 +43,8 @@ class TestSets:
 
 
 def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, pgd_protocol="standard"):
-    """Natural and PGD accuracy at each ε (in /255) of each run's best checkpoint on the study's test set.
+    """Natural and PGD accuracy at each ε (in /255) of each run's checkpoint (`checkpoint_of`) on the study's test
+    set.
 
     Returns {run_dir: {natural, natural_correct, robust: {"<ε>": accuracy}, robust_correct: {"<ε>": '0'/'1'},
     robust_intervals, num_examples, pgd_protocol, seconds}}, cached in `cache_path` (a run already there with the
@@ -53,7 +60,7 @@ def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, 
         if (cached.get("pgd_protocol") == pgd_protocol and cached.get("test_seed") == test_sets.test_seed
                 and all(key in cached.get("robust_correct", {}) for key in wanted)):
             continue
-        network, config = run_files.load_run(run_dir, "best")
+        network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
         attack_configs = [pgd(config.eval_attack_steps, e / 255, pgd_protocol) for e in epsilons]
         result = suite.evaluate_attacks(network, test_sets.batches(config), attack_configs, seed=seed)
         cache[run_dir] = {

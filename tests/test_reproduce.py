@@ -301,3 +301,11 @@ def test_comparison_ratios_narrow_the_fine_tuned_and_rtt_sweeps(tmp_path):
                                                            "rtt_adversarial"))
     with pytest.raises(ValueError, match="comparison_ratios must be some of the remaining ratios"):
         reproduce.plan(SearchConfig(epochs=1), (0.05, 0.2), str(tmp_path), comparison_ratios=(0.1,))
+
+
+def test_the_study_measures_natural_runs_at_their_last_checkpoint():
+    from rst_tf import reproduction_measure
+
+    assert reproduction_measure.checkpoint_of(SearchConfig(mode="natural")) == "last"
+    assert {reproduction_measure.checkpoint_of(SearchConfig(mode=mode)) for mode in ("rst", "dense_at", "finetune")} == {
+        "best"}
