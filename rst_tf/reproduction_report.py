@@ -1,5 +1,6 @@
 """The reproduction study's report: its figures as plain data (means over seeds with 95% intervals), the PNG
 figures with seed error bars, the run times and the Markdown report with the claims of `reproduction_claims`."""
+import collections
 import os
 
 import numpy as np
@@ -146,7 +147,7 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "seed-mean difference), with Student's t at the Welch-Satterthwaite degrees of freedom "
              "(`rst_tf/evaluation/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
-             "## Claims", "",
+             "## Claims", "", _verdict_counts(claim_rows), "",
              "| § | claim | rule | difference, points [95% interval] | per seed | verdict |", "|---|---|---|---|---|---|"]
     for row in claim_rows:
         text, per_seed = _points_text(row)
@@ -183,6 +184,12 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
     for name, file_name in figure_files.items():
         lines += [f"![{name}]({file_name})", ""]
     return "\n".join(lines)
+
+
+def _verdict_counts(claim_rows):
+    counts = collections.Counter(row["verdict"] for row in claim_rows)
+    return f"Of {len(claim_rows)} claims: " + ", ".join(
+        f"{counts[verdict]} {verdict}" for verdict in contrasts.VERDICTS) + "."
 
 
 def _time_lines(times):
