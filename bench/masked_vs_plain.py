@@ -16,7 +16,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import layers, masking, networks  # noqa: E402
+from rst_tf import networks  # noqa: E402
+from rst_tf.method import layers, masking  # noqa: E402
 from rst_tf.networks import resnet_cifar  # noqa: E402
 
 

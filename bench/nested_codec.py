@@ -4,8 +4,8 @@ same masks coded independently.
     python bench/nested_codec.py [--ratios 0.05,0.1,0.2,0.3,0.4,0.5] [--seed 0]
 
 The tickets are the nested masks of the full-width CIFAR ResNet18 (10 classes) at the given ratios, all from one set
-of random scores (the network's own seeded score init), written with `rst_tf.artifact.write` twice: with nested coding
-(the default) and without. Both files are read back and must give the same masks. The entropy bounds are
+of random scores (the network's own seeded score init), written with `rst_tf.deployment.artifact.write` twice: with
+nested coding (the default) and without. Both files are read back and must give the same masks. The entropy bounds are
 sum(size * H(fraction kept)) for independent masks and sum(size * H(the ratio band each weight falls in)) for nested
 ones. Results: docs/nested_codec.json.
 """
@@ -23,7 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import artifact, nested  # noqa: E402
+from rst_tf.deployment import artifact  # noqa: E402
+from rst_tf.search import nested  # noqa: E402
 from rst_tf.training import build  # noqa: E402
 from rst_tf.training.config import SearchConfig  # noqa: E402
 

@@ -16,7 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
-from rst_tf.evaluation import intervals, plots  # noqa: E402
+from rst_tf.measuring import intervals  # noqa: E402
+from rst_tf.reports import plots  # noqa: E402
 
 
 def _read(run_dir, name):

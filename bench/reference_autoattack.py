@@ -225,7 +225,7 @@ def fixture_images(data_dir):
 
 def logits_of_run(run_dir, checkpoint):
     """(logits function, image shape, class subset) of a search run: masks computed once, BatchNorm in inference."""
-    from rst_tf import layers, masking
+    from rst_tf.method import layers, masking
     from rst_tf.training import run_dir as runs
 
     network, config = runs.load_run(run_dir, checkpoint)

@@ -18,7 +18,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import attacks, networks, search  # noqa: E402
+from rst_tf import attacks, networks  # noqa: E402
+from rst_tf.search import search_model  # noqa: E402
 
 
 def forward_flops(model, batch):
@@ -35,8 +36,8 @@ def make_step(mode, width, steps, xla, policy="float32"):
     keras.mixed_precision.set_global_policy(policy)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=1.0 if mode == "dense_at" else 0.05, width_multiplier=width, seed=0)
-    search.configure_mode(network, mode)
-    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=2 / 255))
+    search_model.configure_mode(network, mode)
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=2 / 255))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=xla)
     model.optimizer.build(model.trainable_variables)
     keras.mixed_precision.set_global_policy("float32")

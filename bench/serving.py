@@ -30,7 +30,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import artifact, export, layers, mask_codec, networks, r2s  # noqa: E402
+from rst_tf import networks  # noqa: E402
+from rst_tf.deployment import artifact, export, mask_codec, r2s  # noqa: E402
+from rst_tf.method import layers  # noqa: E402
+from rst_tf.method.ticket import ticket_of  # noqa: E402
 
 RATIOS = r2s.DEFAULT_REMAINING_RATIOS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +49,7 @@ def ticket(width, ratio, index):
     for layer in norms:
         layer.momentum = 0.0
     network(tf.random.stateless_uniform([64, 32, 32, 3], [index, 0]), training=True)
-    return network, r2s.ticket_of(network, f"ratio_{ratio:g}")
+    return network, ticket_of(network, f"ratio_{ratio:g}")
 
 
 class Server:

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bench import common  # noqa: E402
-from rst_tf import masking  # noqa: E402
+from rst_tf.method import masking  # noqa: E402
 
 # Distinct kernel shapes (HWIO) of the CIFAR ResNet18 (full width, 10 classes) and how many layers have each.
 RESNET18_SHAPES = (

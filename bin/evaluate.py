@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from bin import common  # noqa: E402
-from rst_tf.evaluation import threats  # noqa: E402  (names only: no TensorFlow)
+from rst_tf.reports import threats  # noqa: E402  (names only: no TensorFlow)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("run_dir", [], "Search run folders (bin/search --output_dir), comma-separated.")
@@ -106,7 +106,7 @@ def main(argv):
     common.reject_extra_arguments(argv)
     common.require_flags("run_dir", "output_dir")
     check_flags()
-    from rst_tf.evaluation import report, suite
+    from rst_tf.reports import report, suite
 
     request = report.Request(
         run_dirs=tuple(FLAGS.run_dir), output_dir=FLAGS.output_dir, checkpoint=FLAGS.checkpoint,

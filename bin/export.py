@@ -52,7 +52,7 @@ def check_flags():
 
 def export_all(staging):
     """Write everything into `staging`; returns the list of (model name, folder) written."""
-    from rst_tf import export, r2s, tickets
+    from rst_tf.deployment import export, r2s, tickets
 
     banks, specs = tickets.from_artifact(FLAGS.bank) if FLAGS.bank else tickets.from_runs(FLAGS.run_dir,
                                                                                           FLAGS.checkpoint)

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from bin import common  # noqa: E402
-from rst_tf import r2s  # noqa: E402
+from rst_tf.deployment import r2s  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("run_dir", [], "Mask searches of one random network (same network, seed, init), comma-separated; "
@@ -76,7 +76,7 @@ def main(argv):
     common.reject_extra_arguments(argv)
     common.require_flags("output_dir")
     check_flags()
-    from rst_tf.evaluation import r2s_report
+    from rst_tf.reports import r2s_report
 
     request = r2s_report.Request(
         output_dir=FLAGS.output_dir, run_dirs=tuple(FLAGS.run_dir), bank=FLAGS.bank, checkpoint=FLAGS.checkpoint,

@@ -65,7 +65,7 @@ def main(argv):
         common.fail(f"--eval_batch_size must be at least 1, got {FLAGS.eval_batch_size}")
     if not 0 <= FLAGS.transfer_ratio <= 1:
         common.fail(f"--transfer_ratio must be in [0, 1], got {FLAGS.transfer_ratio}")
-    from rst_tf import reproduce
+    from rst_tf.study import reproduce
 
     config = config_from_flags()
     ratios = [float(value) for value in FLAGS.remaining_ratios]

@@ -33,7 +33,7 @@ def main(argv):
         common.fail(f"--port {FLAGS.port} is not a TCP port (1..65535)")
     if FLAGS.threads < 1:
         common.fail(f"--threads {FLAGS.threads} must be at least 1")
-    from rst_tf import serving
+    from rst_tf.deployment import serving
 
     with common.clear_errors():
         models = serving.load_models(FLAGS.model_dir, FLAGS.threads)

@@ -36,7 +36,7 @@ flags.DEFINE_bool("progress", False, "Show a progress bar in every run.")
 def main(argv):
     common.reject_extra_arguments(argv)
     common.require_flags("remaining_ratios", "output_dir")
-    from rst_tf import sweep
+    from rst_tf.study import sweep
 
     config = config_from_flags()
     ratios = [float(value) for value in FLAGS.remaining_ratios]

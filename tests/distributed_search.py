@@ -22,7 +22,8 @@ def main(strategy_name, output_prefix, logical_cpus, bn_modes):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
     import keras
-    from rst_tf import data, distribute
+    from rst_tf import data
+    from rst_tf.search import distribute
 
     keras.utils.set_random_seed(0)  # before the data: the shuffle depends on the global seed
     tf.config.experimental.enable_op_determinism()
@@ -41,12 +42,13 @@ def main(strategy_name, output_prefix, logical_cpus, bn_modes):
 def step_updates(strategy, batches, attack_bn_training):
     """(loss, replicas, {update_i: change of trainable variable i}) of one search step under `strategy`."""
     import keras
-    from rst_tf import attacks, distribute, networks, search
+    from rst_tf import attacks, networks
+    from rst_tf.search import distribute, search_model
 
     with strategy.scope():
         network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                                  remaining_ratio=0.2, width_multiplier=1 / 16, seed=0)
-        model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=2, step_size=4 / 255), seed=0,
+        model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=2, step_size=4 / 255), seed=0,
                                    attack_bn_training=attack_bn_training)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     initial = [v.numpy().copy() for v in model.trainable_variables]

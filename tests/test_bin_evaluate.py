@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from rst_tf.evaluation import intervals
+from rst_tf.measuring import intervals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALUATE = os.path.join(ROOT, "bin", "evaluate.py")

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import ticket_fixtures
-from rst_tf.evaluation import intervals
+from rst_tf.measuring import intervals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

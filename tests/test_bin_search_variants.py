@@ -38,7 +38,7 @@ def runs(tmp_path_factory, cifar10_path):
 
 
 def test_trades_global_search_records_exact_global_masks(runs):
-    from rst_tf import layers, masking
+    from rst_tf.method import layers, masking
     from rst_tf.training import run_dir
 
     config = json.loads((runs["trades_global"] / "config.json").read_text())
@@ -59,7 +59,7 @@ def test_trades_global_search_records_exact_global_masks(runs):
         np.testing.assert_array_equal(layer.binary_mask().numpy(), mask.numpy())  # tickets see the global mask
     assert len({round(value, 3) for value in row["kept_fractions"].values()}) > 3
     # A ticket bank made from the run (what bin/r2s and bin/export read) holds the global masks.
-    from rst_tf import tickets
+    from rst_tf.deployment import tickets
 
     banks, _ = tickets.from_runs([str(runs["trades_global"])], checkpoint="last")
     (ticket,) = banks["cifar10"].tickets
@@ -68,7 +68,7 @@ def test_trades_global_search_records_exact_global_masks(runs):
 
 
 def test_keras_resnet50_search_runs_and_loads_back(runs):
-    from rst_tf import layers, masking
+    from rst_tf.method import layers, masking
     from rst_tf.training import run_dir
 
     metrics = json.loads((runs["keras_resnet50"] / "metrics.json").read_text())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rst_tf.evaluation import contrasts
+from rst_tf.measuring import contrasts
 
 
 def test_pack_and_unpack_round_trip():

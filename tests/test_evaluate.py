@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, masking, networks
-from rst_tf.evaluation import attacked, intervals, suite
+from rst_tf import attacks, networks
+from rst_tf.measuring import attacked, intervals
+from rst_tf.method import masking
+from rst_tf.reports import suite
 
 
 def small_network():

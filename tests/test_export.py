@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import ticket_fixtures
-from rst_tf import artifact, export, r2s
+from rst_tf.deployment import artifact, export, r2s
 
 # Loads SavedModels with TensorFlow alone (no project import) and writes each one's logits.
 _FRESH_PROCESS = textwrap.dedent("""

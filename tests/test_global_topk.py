@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking, networks, search
+from rst_tf import attacks, networks
+from rst_tf.method import layers, masking
+from rst_tf.search import search_model
 
 
 def _numpy_global_masks(magnitudes, ratio):
@@ -101,7 +103,7 @@ def test_global_scope_survives_saving_once_set_again(tmp_path):
     path = str(tmp_path / "global.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    with pytest.raises(ValueError, match="keeps a global top-k: call rst_tf.layers.set_topk_scope"):
+    with pytest.raises(ValueError, match="keeps a global top-k: call rst_tf.method.layers.set_topk_scope"):
         layers.masked_layers(loaded)[0].binary_mask()
     layers.set_topk_scope(loaded, "global")
     images = tf.random.stateless_uniform([2, 8, 8, 3], [0, 1])
@@ -126,7 +128,7 @@ def test_a_search_step_computes_the_masks_once(scope):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
     network = keras.Model(inputs, layers.MaskedDense(10, remaining_ratio=0.1, seed=(0, 2))(x))
     layers.set_topk_scope(network, scope)
-    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=3), seed=0)
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=3), seed=0)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     model.optimizer.build(model.trainable_variables)
     step = tf.function(model.replica_step).get_concrete_function(

@@ -1,11 +1,24 @@
-"""The package's import graph: no cycles, one-way rooms (no library module imports `bin` or absl flags), and attack
-components that import only `attacks.core` and `attacks.config`. Read statically from the source, with every
-import counted (module level or inside functions)."""
+"""The package's import graph: no cycles, parts on floors that import only downward (or across their own floor), no
+library module importing `bin` or absl flags, and attack components that import only `attacks.core` and
+`attacks.config`. Read statically from the source, with every import counted (module level or inside functions)."""
 import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rst_tf")
 ATTACK_COMPONENTS = ("pgd", "apgd", "fab", "square", "bandits", "cw_l2", "trades")
+# The library's parts (rst_tf/<part>/), lowest floor first; bin/ stands above them all. A part imports only parts on
+# its own floor or below.
+FLOORS = (
+    ("method",),
+    ("networks", "data"),
+    ("attacks",),
+    ("measuring",),
+    ("search", "training"),
+    ("deployment",),
+    ("reports",),
+    ("study",),
+)
+FLOOR_OF = {part: floor for floor, parts in enumerate(FLOORS) for part in parts}
 
 
 def _module_name(path):
@@ -72,3 +85,41 @@ def test_attack_components_import_only_core_and_config():
     for component in ATTACK_COMPONENTS:
         project = {other for other in graph[f"rst_tf.attacks.{component}"] if other.startswith("rst_tf")}
         assert project <= {"rst_tf.attacks", "rst_tf.attacks.core", "rst_tf.attacks.config"}, (component, project)
+
+
+def _part(module):
+    """The part (`rst_tf.<part>...`) a project module belongs to; None for the package root and other names."""
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 and pieces[0] == "rst_tf" else None
+
+
+def upward_imports(graph):
+    """(importer, imported) pairs where a part imports a part on a higher floor."""
+    found = []
+    for name, imported in graph.items():
+        here = _part(name)
+        for other in imported:
+            there = _part(other)
+            if here is not None and there in FLOOR_OF and FLOOR_OF[there] > FLOOR_OF[here]:
+                found.append((name, other))
+    return sorted(found)
+
+
+def test_every_module_sits_in_a_part_on_a_floor():
+    _, modules = _graph()
+    homeless = sorted(name for name in modules if name != "rst_tf" and _part(name) not in FLOOR_OF)
+    assert not homeless, f"modules outside the parts {sorted(FLOOR_OF)}: {homeless}"
+
+
+def test_parts_import_only_their_floor_or_below():
+    graph, _ = _graph()
+    upward = upward_imports(graph)
+    assert not upward, "imports running up a floor (" + " -> ".join("/".join(parts) for parts in FLOORS) + "): " + \
+        ", ".join(f"{name} imports {other}" for name, other in upward)
+
+
+def test_the_floor_check_sees_an_upward_import():
+    assert upward_imports({"rst_tf.method.masking": {"rst_tf.deployment.r2s", "rst_tf.method"},
+                           "rst_tf.study.sweep": {"rst_tf.training.loop", "rst_tf.method.layers"},
+                           "rst_tf.search.nested": {"rst_tf.training", "rst_tf.measuring.attacked"}}) == [
+        ("rst_tf.method.masking", "rst_tf.deployment.r2s")]

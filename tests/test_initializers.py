@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rst_tf import initializers
+from rst_tf.method import initializers
 
 SHAPE = (3, 3, 64, 128)
 FAN_IN, FAN_OUT = 3 * 3 * 64, 3 * 3 * 128

@@ -6,7 +6,7 @@ import pytest
 import keras
 import tensorflow as tf
 
-from rst_tf import layers, masking
+from rst_tf.method import layers, masking
 
 RATIOS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.9, 1.0)
 
@@ -186,3 +186,25 @@ def test_keras_save_and_load_keep_kernel_scores_and_config(tmp_path):
     x = np.random.RandomState(1).rand(2, 8, 8, 3).astype("float32")
     np.testing.assert_allclose(model(x).numpy(), loaded(x).numpy(), rtol=1e-6)
     assert {v.name for v in loaded.trainable_variables} == {"scores", "kernel"}
+
+
+def test_a_network_saved_when_the_layers_lived_in_rst_tf_layers_still_loads():
+    """tests/fixtures/flat_layout_network.keras was saved when these classes were rst_tf.layers.* and
+    rst_tf.ticket_batch_norm.*: the registered names ("rst_tf>MaskedConv2D", ...) load it, with its logits."""
+    import json
+    import os
+    import zipfile
+
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+    path = os.path.join(fixtures, "flat_layout_network.keras")
+    with zipfile.ZipFile(path) as archive:
+        saved_config = archive.read("config.json").decode()
+    assert '"module": "rst_tf.layers"' in saved_config and '"module": "rst_tf.ticket_batch_norm"' in saved_config
+    with open(os.path.join(fixtures, "flat_layout_network.json")) as handle:
+        expected = json.load(handle)
+    loaded = keras.models.load_model(path)
+    assert [type(layer).__name__ for layer in layers.masked_layers(loaded)] == ["MaskedConv2D", "MaskedDense"]
+    assert isinstance(loaded.get_layer("bn"), layers.TicketBatchNormalization)
+    assert loaded.get_layer("bn").statistics_slots == 2
+    logits = loaded(np.array(expected["images"], dtype="float32"), training=False).numpy()
+    np.testing.assert_allclose(logits, np.array(expected["logits"]), rtol=1e-6, atol=1e-6)

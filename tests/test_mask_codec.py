@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from rst_tf import mask_codec
+from rst_tf.deployment import mask_codec
 
 
 def _random_mask(size, kept_fraction, seed=0):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras
 
-from rst_tf import layers, masking
+from rst_tf.method import layers, masking
 
 RATIOS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
 

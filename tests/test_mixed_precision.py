@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, export, layers, r2s, search
-from rst_tf.evaluation import attacked
+from rst_tf import attacks
+from rst_tf.deployment import export, r2s
+from rst_tf.measuring import attacked
+from rst_tf.method import layers
+from rst_tf.method.ticket import ticket_of
+from rst_tf.search import search_model
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 
@@ -32,7 +36,7 @@ def test_search_step_computes_in_bfloat16_with_a_float32_loss(mixed_policy):
     network = build.build_network(CONFIG, 10, SHAPE)
     assert network.layers[2].compute_dtype == "bfloat16"  # the first conv after the input normalisation
     assert network.outputs[0].dtype == "float32"
-    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=1, step_size=2 / 255), seed=0)
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=1, step_size=2 / 255), seed=0)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     scores = [layer.scores.numpy().copy() for layer in layers.masked_layers(network)]
     images, labels = images_and_labels()
@@ -58,7 +62,7 @@ def test_attacked_accuracy_under_mixed_precision(mixed_policy):
 
 def test_export_under_mixed_precision_serves_float32_logits(mixed_policy, tmp_path):
     network = build.build_network(CONFIG, 10, SHAPE)
-    tickets = [r2s.ticket_of(network, "a"), r2s.ticket_of(network, "b")]
+    tickets = [ticket_of(network, "a"), ticket_of(network, "b")]
     path = export.save(str(tmp_path / "r2s"), {"cifar10": r2s.MaskBank(network, tickets)}, per_sample=True)
     images, _ = images_and_labels(4)
     outputs = tf.saved_model.load(path).signatures["serving_default"](images=images)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, data, layers, masking, nested, search
+from rst_tf import attacks, data
+from rst_tf.method import layers, masking
+from rst_tf.search import nested, search_model
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 
@@ -77,8 +79,8 @@ def test_nested_step_is_the_mean_of_independent_ticket_steps(real_batch):
     singles = []
     for ratio in RATIOS:
         network = build.build_network(single_config(ratio), 10, SHAPE)
-        search.configure_mode(network, "rst")
-        singles.append(compiled(search.SearchModel(network, ATTACK, weight_decay=0.0, seed=5)))
+        search_model.configure_mode(network, "rst")
+        singles.append(compiled(search_model.SearchModel(network, ATTACK, weight_decay=0.0, seed=5)))
     before = [v.numpy().copy() for v in model.network.weights]
     for single in singles:  # the same random network and scores, whatever the ratio
         theirs = {v.path: v for v in single.network.weights}

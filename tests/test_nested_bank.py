@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import artifact, layers, mask_codec, masking, nested, tickets
+from rst_tf.deployment import artifact, mask_codec, tickets
+from rst_tf.method import layers, masking
+from rst_tf.search import nested
 from rst_tf.training import build, loop
 from rst_tf.training.config import SearchConfig
 

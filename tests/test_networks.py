@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import layers, networks
+from rst_tf import networks
+from rst_tf.method import layers
 
 CIFAR = dict(num_classes=10, input_shape=(32, 32, 3), dataset="cifar10")
 IMAGENET = dict(num_classes=1000, input_shape=(224, 224, 3), dataset="imagenet2012")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, data, networks, objectives
+from rst_tf import attacks, data, networks
 from rst_tf.attacks import trades
+from rst_tf.search import objectives
 
 EPSILON = 8 / 255
 SEED = tf.constant([3, 4], tf.int64)
@@ -144,13 +145,14 @@ def test_trades_steps_on_real_cifar10_lower_the_trades_loss(cifar_batch):
 
 
 def test_search_step_with_trades_reports_the_trades_loss_of_its_own_examples(cifar_batch):
-    from rst_tf import layers, masking, search
+    from rst_tf.method import layers, masking
+    from rst_tf.search import search_model
 
     images, labels = cifar_batch[0][:16], cifar_batch[1][:16]
     keras.utils.set_random_seed(0)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=0.5, width_multiplier=1 / 16, seed=0)
-    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=2), seed=5, objective="trades")
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=2), seed=5, objective="trades")
     assert model.attack == objectives.attack_config("trades", attacks.AttackConfig(name="pgd", steps=2))
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     model.optimizer.build(model.trainable_variables)

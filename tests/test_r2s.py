@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 
 import ticket_fixtures
-from rst_tf import attacks, masking, r2s
+from rst_tf import attacks
+from rst_tf.deployment import r2s
+from rst_tf.method import masking
 
 
 def _images(count=6, seed=3):

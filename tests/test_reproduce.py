@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from rst_tf import reproduce, reproduction_claims, reproduction_report
-from rst_tf.evaluation import contrasts, plots
+from rst_tf.measuring import contrasts
+from rst_tf.reports import plots
+from rst_tf.study import claims, report, reproduce
 from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,7 @@ def _correct(accuracy, seed, salt):
 
 def _study(tmp_path, robust, seeds=(0, 1), spread=0.0, transfer=((0.20, 0.35), (0.33, 0.22)), r2s_vanilla=0.30,
            natural=0.45, spread_steps=None):
-    """A `reproduction_claims.Results` over a planned study whose runs have the given robust accuracy at ε 8
+    """A `claims.Results` over a planned study whose runs have the given robust accuracy at ε 8
     (half of it at ε 12): `robust` {step name: accuracy, or {ratio: accuracy}}; seed s adds s * `spread` (to the
     steps in `spread_steps` only, when given)."""
     config = SearchConfig(width_multiplier=0.0625, epochs=1)
@@ -62,7 +63,7 @@ def _study(tmp_path, robust, seeds=(0, 1), spread=0.0, transfer=((0.20, 0.35), (
         for protocol in ("standard", "paper"):
             measured[seed, protocol] = ({"names": names, "accuracy": [list(row) for row in transfer],
                                          "correct": cells}, r2s_report)
-    return reproduction_claims.Results(steps_by_seed, evaluation, measured, [8.0, 12.0]), steps_by_seed
+    return claims.Results(steps_by_seed, evaluation, measured, [8.0, 12.0]), steps_by_seed
 
 
 def _by_ratio(*values):
@@ -121,7 +122,7 @@ def _verdicts(rows):
 
 def test_claims_hold_for_paper_like_results_from_two_agreeing_seeds(tmp_path):
     results, _ = _study(tmp_path, PAPER_LIKE)
-    rows = reproduction_claims.claims(results, ("standard", "paper"))
+    rows = claims.claims(results, ("standard", "paper"))
     assert len(rows) == 15 and [row["num_seeds"] for row in rows] == [2] * 15
     failed = {key: verdict for key, verdict in _verdicts(rows).items() if verdict != "holds"}
     # the RTT gap at ε 12 is half the gap at ε 8 in this data, so the growth claim is the one that must fail
@@ -139,7 +140,7 @@ def test_claims_that_the_results_contradict_do_not_hold(tmp_path):
                          finetune_reinit=_by_ratio(0.35, 0.35, 0.35, 0.35), rtt_natural=_by_ratio(0.33, 0.33, 0.33, 0.33),
                          rtt_adversarial=_by_ratio(0.10, 0.10, 0.10, 0.10), task_b_rtt={0.1: 0.4})
     results, _ = _study(tmp_path, contradicting, transfer=((0.40, 0.10), (0.10, 0.40)), r2s_vanilla=0.10)
-    verdicts = _verdicts(reproduction_claims.claims(results, ("standard",)))
+    verdicts = _verdicts(claims.claims(results, ("standard",)))
     assert verdicts[("§4.2", "RST at 20% minus dense AT, robust", "")] == "does not hold"
     assert verdicts[("§5.1", "fine-tuned (inherited) minus RST, mean over 5-20%", "")] == "does not hold"
     assert verdicts[("§5.1", "fine-tuned (re-init) minus RST, mean over 5-20%", "")] == "does not hold"
@@ -154,13 +155,13 @@ def test_claims_that_the_results_contradict_do_not_hold(tmp_path):
 
 def test_seeds_that_disagree_leave_a_small_difference_undecided(tmp_path):
     results, _ = _study(tmp_path, PAPER_LIKE)
-    dense = next(row for row in reproduction_claims.claims(results, ("standard",))
+    dense = next(row for row in claims.claims(results, ("standard",))
                  if row["contrast"] == "RST at 20% minus dense AT, robust")
     assert dense["verdict"] == "holds"  # +1 point in both seeds: well above -3
     # RSTs at 26% and 34% against dense AT at 28% in the two seeds: -2 and +6 points
     skewed = dict(PAPER_LIKE, rst={r: v - 0.03 for r, v in PAPER_LIKE["rst"].items()})
     results, _ = _study(tmp_path, skewed, spread=0.08, spread_steps=("rst",))
-    dense = next(row for row in reproduction_claims.claims(results, ("standard",))
+    dense = next(row for row in claims.claims(results, ("standard",))
                  if row["contrast"] == "RST at 20% minus dense AT, robust")
     assert dense["per_seed"] == pytest.approx([-0.02, 0.06])
     assert dense["verdict"] == "undecided at this scale" and dense["dof"] < 2
@@ -168,14 +169,14 @@ def test_seeds_that_disagree_leave_a_small_difference_undecided(tmp_path):
 
 def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
     results, steps_by_seed = _study(tmp_path, PAPER_LIKE)
-    rows = reproduction_claims.claims(results, ("standard", "paper"))
-    figures = reproduction_report.figures(results, 20, "standard", ("standard", "paper"))
+    rows = claims.claims(results, ("standard", "paper"))
+    figures = report.figures(results, 20, "standard", ("standard", "paper"))
     config = SearchConfig(width_multiplier=0.125, epochs=6, train_examples=20000, test_examples=1000)
-    times = reproduction_report.run_times(steps_by_seed, {steps_by_seed[0][0].output_dir: {
+    times = report.run_times(steps_by_seed, {steps_by_seed[0][0].output_dir: {
         "wall_seconds": 300.0, "cpu_seconds": 540.0, "resumed": False}}, results.evaluation)
-    text = reproduction_report.markdown_report(
+    text = report.markdown_report(
         "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
-        reproduction_report.scale_of(config, RATIOS, [8, 12], [0, 1]), 5400, figures, rows,
+        report.scale_of(config, RATIOS, [8, 12], [0, 1]), 5400, figures, rows,
         {"fig1": "reproduction_figures/fig1.png"}, [8, 12], times)
     lines = text.splitlines()
     assert "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg" in lines
@@ -198,7 +199,7 @@ def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
     assert "| 0 | dense_at | - | 5.0 | 9.0 | no | 1.0 |" in lines
     assert "| 1 | dense_at | - | - | - | - | 1.0 |" in lines
     assert "![fig1](reproduction_figures/fig1.png)" in lines
-    written = reproduction_report.write_figures(figures, str(tmp_path / "figures"), [8.0, 12.0])
+    written = report.write_figures(figures, str(tmp_path / "figures"), [8.0, 12.0])
     assert sorted(written) == ["fig1", "fig2", "fig3", "fig5", "fig6", "transfer", "transfer_paper"]
     assert all((tmp_path / "figures" / name).is_file() for name in written.values())
 
@@ -285,14 +286,14 @@ def test_a_run_step_records_its_time_once_and_skips_when_finished(tmp_path, cifa
 
 
 def test_every_seed_is_measured_on_the_first_seeds_test_images(cifar10_path):
-    from rst_tf import reproduction_measure
+    from rst_tf.study import measure
 
     config = SearchConfig(train_examples=32, validation_examples=16, test_examples=24, data_dir=cifar10_path)
-    test_sets = reproduction_measure.TestSets(cifar10_path, 8, test_seed=0)
+    test_sets = measure.TestSets(cifar10_path, 8, test_seed=0)
     first = test_sets.batches(dataclasses.replace(config, seed=0))
     second = test_sets.batches(dataclasses.replace(config, seed=1))
     assert second is first and sum(int(labels.shape[0]) for _, labels in first) == 24
-    other = reproduction_measure.TestSets(cifar10_path, 8, test_seed=1).batches(config)
+    other = measure.TestSets(cifar10_path, 8, test_seed=1).batches(config)
     assert not np.array_equal(np.concatenate([l.numpy() for _, l in other]),
                               np.concatenate([l.numpy() for _, l in first]))
 
@@ -308,8 +309,8 @@ def test_comparison_ratios_narrow_the_fine_tuned_and_rtt_sweeps(tmp_path):
 
 
 def test_the_study_measures_natural_runs_at_their_last_checkpoint():
-    from rst_tf import reproduction_measure
+    from rst_tf.study import measure
 
-    assert reproduction_measure.checkpoint_of(SearchConfig(mode="natural")) == "last"
-    assert {reproduction_measure.checkpoint_of(SearchConfig(mode=mode)) for mode in ("rst", "dense_at", "finetune")} == {
+    assert measure.checkpoint_of(SearchConfig(mode="natural")) == "last"
+    assert {measure.checkpoint_of(SearchConfig(mode=mode)) for mode in ("rst", "dense_at", "finetune")} == {
         "best"}

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, data, networks, search
-from rst_tf.evaluation import features, masks, plots, sanity, suite, threats, transfer
+from rst_tf import attacks, data, networks
+from rst_tf.reports import features, masks, plots, sanity, suite, threats, transfer
+from rst_tf.search import search_model
 
 EPSILON = 8 / 255
 
@@ -21,8 +22,8 @@ def trained(cifar10_path):
                               seed=0)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=1.0, width_multiplier=1 / 16, weight_init="kaiming_normal", seed=1)
-    search.configure_mode(network, "natural")
-    model = search.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=0.0)
+    search_model.configure_mode(network, "natural")
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=0.0)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     batches = list(data.eval_batches(splits.train, 64))
     model.fit(data.eval_batches(splits.train, 32).repeat(30), shuffle=False, verbose=0)
@@ -189,7 +190,7 @@ def _numpy_mask(scores, ratio):
 
 def test_mask_analysis_matches_an_independent_numpy_computation():
     import ticket_fixtures
-    from rst_tf import layers as layer_lib
+    from rst_tf.method import layers as layer_lib
 
     configs = [ticket_fixtures.tiny_config(ratio, weight_init="kaiming_normal") for ratio in (0.1, 0.3, 0.3)]
     networks_by_name = {f"t{i}": ticket_fixtures.searched_network(config, variation=i)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rst_tf import attacks, data, layers, networks, search
+from rst_tf import attacks, data, networks
+from rst_tf.method import layers
+from rst_tf.search import search_model
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,8 @@ def make_model(mode, remaining_ratio=0.2, steps=2):
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=1.0 if mode == "dense_at" else remaining_ratio,
                              width_multiplier=1 / 16, seed=0)
-    search.configure_mode(network, mode)
-    model = search.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=4 / 255), seed=0)
+    search_model.configure_mode(network, mode)
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=4 / 255), seed=0)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     return model
 
@@ -54,7 +56,7 @@ def test_mask_is_computed_once_per_step(tiny_cifar, monkeypatch):
     """The attack's forward passes and the update share one top-k per masked layer."""
     _, batches = tiny_cifar
     model = make_model("rst", steps=3)
-    from rst_tf import masking
+    from rst_tf.method import masking
     calls = []
     original = masking.top_k_mask
     monkeypatch.setattr(masking, "top_k_mask", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -79,12 +81,12 @@ def test_search_lowers_the_adversarial_loss_on_real_images(cifar10_path):
 
 def test_mask_search_alone_fits_real_images(cifar10_path):
     """A few hundred score-only SGD steps on a small real CIFAR-10 set: loss falls, accuracy leaves chance."""
-    from rst_tf.evaluation import attacked as evaluate
+    from rst_tf.measuring import attacked as evaluate
     splits = data.load_splits("cifar10", cifar10_path, validation_examples=0, train_examples=128,
                               test_examples=8, seed=2)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                              remaining_ratio=0.3, width_multiplier=1 / 16, seed=2)
-    model = search.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=0.0)
+    model = search_model.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=0.0)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     kernels = snapshot(network, "kernel")
     batches = data.train_batches(splits.train, dataset="cifar10", batch_size=64, epoch=0, seed=2, augment=False)
@@ -106,7 +108,7 @@ def test_coupled_weight_decay_adds_the_l2_gradient(tiny_cifar):
     for weight_decay in (0.0, 0.01):
         network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
                                  remaining_ratio=0.5, width_multiplier=1 / 16, seed=0)
-        model = search.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=weight_decay)
+        model = search_model.SearchModel(network, attacks.AttackConfig(name="none"), weight_decay=weight_decay)
         model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
         before = snapshot(network, "scores")
         model.train_on_batch(images, labels)

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import ticket_fixtures
-from rst_tf import export, r2s
+from rst_tf.deployment import export, r2s
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE, SWITCHING = "cifar10_ratio_0_1", "cifar10_r2s"

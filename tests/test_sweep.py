@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rst_tf import sweep
+from rst_tf.study import sweep
 from rst_tf.training import run_dir
 from rst_tf.training.config import SearchConfig
 

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from rst_tf import data, layers
+from rst_tf import data
+from rst_tf.method import layers
 from rst_tf.training import build, loop, warm_start
 from rst_tf.training import run_dir as run_files
 from rst_tf.training.config import SearchConfig

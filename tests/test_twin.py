@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import rst_tf
-from rst_tf import layers, masking, networks, twin
+from rst_tf import networks
+from rst_tf.method import layers, masking, twin
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import layers, r2s
+from rst_tf.deployment import r2s
+from rst_tf.method import layers
+from rst_tf.method.ticket import ticket_of
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 
@@ -40,7 +42,7 @@ def searched_network(config, num_classes=10, variation=0):
 def bank(ratios=RATIOS, seed=0):
     """(MaskBank, the source networks) with one ticket per ratio."""
     sources = [searched_network(tiny_config(ratio, seed), variation=index) for index, ratio in enumerate(ratios)]
-    tickets = [r2s.ticket_of(network, f"ratio_{ratio:g}") for network, ratio in zip(sources, ratios)]
+    tickets = [ticket_of(network, f"ratio_{ratio:g}") for network, ratio in zip(sources, ratios)]
     return r2s.MaskBank(sources[0], tickets), sources
 
 

@@ -21,19 +21,19 @@ def build(name, *, num_classes, input_shape, dataset, remaining_ratio=0.5, spars
 
     Weights are drawn from `seed` (layer i from stream i), so the same arguments give the same network anywhere.
     `keras:<Application>` (e.g. `keras:ResNet50`) is the masked twin of that keras.applications model
-    (`rst_tf.twin.keras_application`), which takes no width multiplier and no dense first conv or classifier.
+    (`rst_tf.networks.keras_applications`), which takes no width multiplier and no dense first conv or classifier.
     """
     if name.startswith("keras:"):
-        from rst_tf import twin
+        from rst_tf.networks import keras_applications
 
         for option, value, default in (("width_multiplier", width_multiplier, 1.0),
                                        ("dense_first_conv", dense_first_conv, False),
                                        ("dense_classifier", dense_classifier, False)):
             if value != default:
                 raise ValueError(f"network {name} does not take {option} (got {value!r})")
-        return twin.keras_application(name[len("keras:"):], num_classes=num_classes, input_shape=input_shape,
-                                      dataset=dataset, remaining_ratio=remaining_ratio, sparsity=sparsity,
-                                      weight_init=weight_init, seed=seed, scale_fan=scale_fan)
+        return keras_applications.keras_application(
+            name[len("keras:"):], num_classes=num_classes, input_shape=input_shape, dataset=dataset,
+            remaining_ratio=remaining_ratio, sparsity=sparsity, weight_init=weight_init, seed=seed, scale_fan=scale_fan)
     if name not in NETWORKS:
         raise ValueError(f"network must be one of {sorted(NETWORKS)}, got {name!r}")
     if dataset not in NORMALIZATION:

@@ -3,7 +3,7 @@ import dataclasses
 
 import keras
 
-from rst_tf import layers
+from rst_tf.method import layers
 
 # Per-channel mean and std of the training images, applied inside the model.
 NORMALIZATION = {

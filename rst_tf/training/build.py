@@ -1,7 +1,9 @@
 """The data and the network a SearchConfig describes."""
 import keras
 
-from rst_tf import data, layers, networks, search
+from rst_tf import data, networks
+from rst_tf.method import layers
+from rst_tf.search import search_model
 
 _DENSE_MODES = ("dense_at", "natural")
 
@@ -20,7 +22,7 @@ def build_network(config, num_classes, image_shape):
 
     A reinit fine-tune draws its kernels with `finetune_init` from `reinit_seed` (`config.weight_seed()`). A nested
     search's network is masked at the largest of `nested_ratios` and its BatchNorm layers hold one slot of statistics
-    for each smaller ratio (`rst_tf.nested`).
+    for each smaller ratio (`rst_tf.search.nested`).
     """
     ratios = config.ticket_ratios()
     with layers.statistics_slots(len(ratios) - 1):
@@ -30,7 +32,7 @@ def build_network(config, num_classes, image_shape):
             sparsity=config.sparsity, weight_init=config.network_weight_init(), seed=config.weight_seed(),
             scale_fan=config.scale_fan, width_multiplier=config.width_multiplier,
             dense_first_conv=config.dense_first_conv, dense_classifier=config.dense_classifier)
-    search.configure_mode(network, config.mode)
+    search_model.configure_mode(network, config.mode)
     if config.topk_scope == "global":
         layers.set_topk_scope(network, "global")
     return _float32_outputs(network)

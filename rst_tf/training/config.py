@@ -87,13 +87,17 @@ class SearchConfig:
 
     def validate(self):
         """Raise ValueError with one line naming the first bad field."""
-        from rst_tf import data, distribute, initializers, layers, masking, networks, objectives, search, twin
+        from rst_tf import data, networks
+        from rst_tf.method import initializers, layers, masking
+        from rst_tf.networks import keras_applications
+        from rst_tf.search import distribute, objectives, search_model
 
         checks = [
             ("dataset", self.dataset in data.DATASETS, f"one of {data.DATASETS}"),
-            ("network", self.network in networks.NETWORKS or twin.is_keras_application(self.network),
+            ("network", self.network in networks.NETWORKS or keras_applications.is_keras_application(self.network),
              f"one of {sorted(networks.NETWORKS)} or keras:<a keras.applications model>"),
-            ("width_multiplier", not self.network.startswith(twin.KERAS_PREFIX) or self.width_multiplier == 1.0,
+            ("width_multiplier",
+             not self.network.startswith(keras_applications.KERAS_PREFIX) or self.width_multiplier == 1.0,
              "1.0 for a keras: network"),
             ("topk_scope", self.topk_scope in layers.TOPK_SCOPES, f"one of {layers.TOPK_SCOPES}"),
             ("topk_scope", self.topk_scope == "layer"
@@ -104,7 +108,7 @@ class SearchConfig:
             ("width_multiplier", self.width_multiplier > 0, "positive"),
             ("sparsity", self.sparsity in masking.SPARSITY_PATTERNS, f"one of {masking.SPARSITY_PATTERNS}"),
             ("weight_init", self.weight_init in initializers.WEIGHT_INITS, f"one of {initializers.WEIGHT_INITS}"),
-            ("mode", self.mode in search.MODES, f"one of {search.MODES}"),
+            ("mode", self.mode in search_model.MODES, f"one of {search_model.MODES}"),
             ("class_subset", len(set(self.class_subset)) == len(self.class_subset)
              and all(int(c) == c and c >= 0 for c in self.class_subset), "distinct class indices"),
             ("init_from", self.init_from or self.mode != "finetune", "a run folder with mode finetune"),

@@ -12,8 +12,10 @@ import time
 import keras
 import tensorflow as tf
 
-from rst_tf import attacks, data, distribute, layers, nested, search
-from rst_tf.evaluation import attacked
+from rst_tf import attacks, data
+from rst_tf.measuring import attacked
+from rst_tf.method import layers
+from rst_tf.search import distribute, nested, search_model
 from rst_tf.training import build, run_dir, warm_start
 
 _MIXED_PRECISION_POLICY = "mixed_bfloat16"
@@ -64,7 +66,7 @@ class _Run:
                 self.model = nested.NestedSearchModel(self.network, config.ticket_ratios(), config.attack_config(),
                                                       **options)
             else:
-                self.model = search.SearchModel(self.network, config.attack_config(), **options)
+                self.model = search_model.SearchModel(self.network, config.attack_config(), **options)
             self.optimizer = keras.optimizers.SGD(learning_rate_schedule(config, self.steps_per_epoch),
                                                   momentum=config.momentum)
             self.model.compile(optimizer=self.optimizer, jit_compile=config.jit_compile)

@@ -5,7 +5,7 @@ own random kernel (`inherited`) or a fresh one drawn with `finetune_init` (`rein
 `natural` run searches a mask in trained weights, a robust trained ticket (RTT, §5.2), whose classifier is drawn
 afresh for another task or when `reinit_classifier` is set (§6.3).
 """
-from rst_tf import layers
+from rst_tf.method import layers
 from rst_tf.training import build, run_dir
 
 # The fields that fix a network's layers and masks: a fine-tune must share all of them with its RST.

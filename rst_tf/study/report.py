@@ -1,11 +1,12 @@
 """The reproduction study's report: its figures as plain data (means over seeds with 95% intervals), the PNG
-figures with seed error bars, the run times and the Markdown report with the claims of `reproduction_claims`."""
+figures with seed error bars, the run times and the Markdown report with the claims of `claims`."""
 import collections
 import os
 
 import numpy as np
 
-from rst_tf.evaluation import contrasts, plots
+from rst_tf.measuring import contrasts
+from rst_tf.reports import plots
 
 # The ticket kinds of the figures, by step name, with their labels.
 KINDS = {"rst": "RST", "finetune_inherited": "fine-tuned RST (inherited)",
@@ -31,7 +32,7 @@ def _point(results, name, ratio=None):
 
 
 def figures(results, attack_steps, pgd_protocol, protocols):
-    """The study's figures as plain data from a `reproduction_claims.Results`: dense baselines, each kind's points,
+    """The study's figures as plain data from a `claims.Results`: dense baselines, each kind's points,
     the task-B pair, and per protocol the seed-mean transfer matrix and R2S accuracies."""
     first = results.seeds[0]
     transfer, r2s = {}, {}
@@ -145,7 +146,7 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "from per-example results on the shared test images. Its 95% interval combines the seeds' disagreement "
              "(sample variance of the per-seed differences) and test-set sampling (variance over images of the "
              "seed-mean difference), with Student's t at the Welch-Satterthwaite degrees of freedom "
-             "(`rst_tf/evaluation/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
+             "(`rst_tf/measuring/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
              "## Claims", "", _verdict_counts(claim_rows), "",
              "| § | claim | rule | difference, points [95% interval] | per seed | verdict |", "|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""The paper's claims as seed-paired contrasts, each with its 95% interval and a verdict (`evaluation.contrasts`).
+"""The paper's claims as seed-paired contrasts, each with its 95% interval and a verdict (`measuring.contrasts`).
 
 A claim is a difference between settings (e.g. RST at 20% minus dense AT), formed per seed from the per-example
 results on the study's one test set, and a side of a margin that the paper asserts (e.g. > -3 points). Its verdict
@@ -7,7 +7,7 @@ this scale" otherwise; no verdict comes from a single seed's difference.
 """
 import dataclasses
 
-from rst_tf.evaluation import contrasts
+from rst_tf.measuring import contrasts
 
 LOW_RATIOS = (0.05, 0.2)  # the paper's "5-20%" range
 CLOSE_POINTS = 3.0  # "comparable": within this many points
@@ -19,7 +19,7 @@ class Results:
     """Per-example results of a study, by seed: `correct(seed, step, ratio, epsilon)` is a packed '0'/'1' string.
 
     `steps_by_seed`: {seed: [reproduce.Step]}; `evaluation`: {run_dir: evaluate_runs entry};
-    `measured`: {(seed, pgd_protocol): (transfer, r2s)} of `reproduction_measure`; `epsilons`: the evaluation's
+    `measured`: {(seed, pgd_protocol): (transfer, r2s)} of `measure`; `epsilons`: the evaluation's
     budgets (in /255), the first being the claims' budget.
     """
 

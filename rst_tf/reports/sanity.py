@@ -6,7 +6,7 @@ large budget, black-box and transfer attacks must not beat white-box PGD, and mo
 raise accuracy. A failed check points at gradient masking (an evaluation that overstates robustness).
 """
 from rst_tf import attacks
-from rst_tf.evaluation import threats
+from rst_tf.reports import threats
 
 BLACK_BOX_ATTACKS = ("bandits", "square")
 MASKING_WARNING = "GRADIENT MASKING WARNING"

@@ -3,8 +3,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking
-from rst_tf.evaluation import suite
+from rst_tf import attacks
+from rst_tf.method import layers, masking
+from rst_tf.reports import suite
 
 
 def feature_model(network, layer_name="pool"):

@@ -1,53 +1,28 @@
 """R2S (random RST switching, paper §6): a bank of tickets over one random network, picked at random per inference.
 
-A ticket is what a search adds to the random network: a binary mask per masked layer and the BatchNorm statistics
-the masked network collected. Tickets of different remaining ratios searched from the same seed share every weight,
-so a bank stores the network once. `MaskBank` runs the network under any ticket, under all of them (for EOT and
-Ensemble attacks) or under one drawn at random (the defence).
+A ticket (`rst_tf.method.ticket`) is what a search adds to the random network: a binary mask per masked layer and
+the BatchNorm statistics the masked network collected. Tickets of different remaining ratios searched from the same
+seed share every weight, so a bank stores the network once. `MaskBank` runs the network under any ticket, under all
+of them (for EOT and Ensemble attacks) or under one drawn at random (the defence).
 
     bank = MaskBank(network, [ticket_of(net_05, "ratio_0.05"), ticket_of(net_10, "ratio_0.1"), ...])
     logits = bank.random_logits(images)                 # one ticket per call, unseeded RNG
     logits = bank.random_logits(images, per_sample=True)
 """
 import contextlib
-import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking
-from rst_tf.evaluation import intervals
+from rst_tf import attacks
+from rst_tf.measuring import intervals
+from rst_tf.method import layers, masking
 
 DEFAULT_REMAINING_RATIOS = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
 
 # What must agree for two networks to hold the same random weights (fields of the search config).
 SHARED_NETWORK_FIELDS = ("network", "width_multiplier", "sparsity", "weight_init", "seed", "scale_fan",
                          "dense_first_conv", "dense_classifier")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Ticket:
-    """The masks (layer name -> boolean array in the layer's score shape) and BatchNorm statistics
-    (layer name -> (mean, variance)) of one searched subnetwork."""
-    name: str
-    remaining_ratio: float
-    masks: dict
-    statistics: dict
-    task: str = "default"
-
-
-def ticket_of(network, name, task="default"):
-    """The ticket `network` holds now: its current masks and BatchNorm moving statistics."""
-    masked = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
-    if not masked:
-        raise ValueError(f"ticket {name!r}: the network has no masked layer (remaining ratio 1 everywhere)")
-    ratios = sorted({layer.remaining_ratio for layer in masked})
-    if len(ratios) != 1:
-        raise ValueError(f"ticket {name!r}: masked layers keep different ratios {ratios}")
-    masks = {layer.name: mask.numpy().astype(bool) for layer, mask in layers.current_masks(network).items()}
-    statistics = {layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
-                  for layer in layers.batch_norm_layers(network)}
-    return Ticket(name=name, remaining_ratio=ratios[0], masks=masks, statistics=statistics, task=task)
 
 
 def check_shared_network(configs_by_source):
@@ -84,7 +59,7 @@ class MaskBank:
 
     Args:
       network: the random network (masked layers + `TicketBatchNormalization`), images in [0, 1] -> logits.
-      tickets: `Ticket`s whose masks and statistics name the network's layers.
+      tickets: `ticket.Ticket`s whose masks and statistics name the network's layers.
     """
 
     def __init__(self, network, tickets):

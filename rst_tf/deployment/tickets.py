@@ -5,7 +5,9 @@ random network and differ in their classifier head.
 """
 import dataclasses
 
-from rst_tf import artifact, nested, r2s
+from rst_tf.deployment import artifact, r2s
+from rst_tf.method.ticket import ticket_of
+from rst_tf.search import nested
 from rst_tf.training import run_dir as run_files
 
 
@@ -40,7 +42,7 @@ def from_runs(run_dirs, checkpoint="best"):
         if config.nested_ratios:
             found = nested.tickets_of(network, config.ticket_ratios(), task=task)
         else:
-            found = [r2s.ticket_of(network, nested.ticket_name(config.remaining_ratio), task=task)]
+            found = [ticket_of(network, nested.ticket_name(config.remaining_ratio), task=task)]
         if task not in by_task:
             by_task[task] = (network, [])
             specs[task] = artifact.network_spec(dataclasses.asdict(config), network.output_shape[-1],

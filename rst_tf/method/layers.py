@@ -9,13 +9,13 @@ Only `scores` are trainable by default. A mask supplied with `masking.supplied_m
 the scores for the duration of the block (one mask computation per training step; R2S mask banks).
 `set_topk_scope(model, "global")` makes the masked layers share one top-k over all their scores.
 `supplied_remaining_ratios` (masks at another ratio) and `supplied_statistics_slots` (BatchNorm statistics of that
-ratio, `rst_tf.ticket_batch_norm`) run one network as the tickets of several nested ratios.
+ratio, `rst_tf.method.ticket_batch_norm`) run one network as the tickets of several nested ratios.
 """
 import keras
 import tensorflow as tf
 
-from rst_tf import initializers, masking
-from rst_tf.ticket_batch_norm import (  # noqa: F401  (part of this module's interface)
+from rst_tf.method import initializers, masking
+from rst_tf.method.ticket_batch_norm import (  # noqa: F401  (part of this module's interface)
     TicketBatchNormalization, statistics_slots, supplied_statistics, supplied_statistics_slots)
 
 
@@ -90,8 +90,8 @@ class _MaskedKernelLayer(keras.layers.Layer):
     def global_top_k(self):
         """The `GlobalTopK` this layer's mask comes from (topk_scope 'global')."""
         if self._global_top_k is None:
-            raise ValueError(f"layer {self.name!r} keeps a global top-k: call "
-                             "rst_tf.layers.set_topk_scope(model, 'global') on its model (e.g. after loading it)")
+            raise ValueError(f"layer {self.name!r} keeps a global top-k: call rst_tf.method.layers."
+                             "set_topk_scope(model, 'global') on its model (e.g. after loading it)")
         return self._global_top_k
 
     def masked_kernel(self):

@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from rst_tf import attacks
-from rst_tf.evaluation import attacked, intervals, threats
+from rst_tf.measuring import attacked, intervals
+from rst_tf.reports import threats
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import layers, masking
+from rst_tf.method import layers, masking
 
 SIGNATURE_FLOAT = "serving_default"
 SIGNATURE_UINT8 = "serving_uint8"

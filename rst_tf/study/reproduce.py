@@ -8,7 +8,7 @@ of its tickets; the natural and adversarial RTT sweeps over the sources; the tra
 RTT and an RST on task B). Then PGD-20 at each evaluation ε of every run's best checkpoint on one test set, the
 transfer matrix between each seed's RSTs and R2S over them (vanilla and EOT attacks) under both PGD protocols,
 figures with seed intervals, claims with the interval of each seed-paired difference, and the report
-(`reproduction_report`). Finished runs are skipped and killed ones resume; measurements are cached in
+(`report`). Finished runs are skipped and killed ones resume; measurements are cached in
 OUTPUT_DIR/evaluation.json and each seed's transfer.json and r2s.json (the paper protocol's in *_paper.json), so
 running the same call again completes a killed study.
 """
@@ -16,7 +16,8 @@ import dataclasses
 import os
 import time
 
-from rst_tf import attacks, sweep
+from rst_tf import attacks
+from rst_tf.study import sweep
 from rst_tf.training import run_dir as run_files
 from rst_tf.training.config import SearchConfig
 
@@ -154,13 +155,11 @@ def run(config, remaining_ratios, output_dir, report_path, seeds=(0, 1), epsilon
     `report_path` and the same figures as JSON next to it (`.json`); returns that JSON's content. Resumes where a
     killed call stopped.
 
-    Every run is measured on the test set of the first seed (`reproduction_measure.TestSets`), so results pair by
+    Every run is measured on the test set of the first seed (`measure.TestSets`), so results pair by
     image across runs and seeds. Robust accuracies use PGD of `pgd_protocol` (`attacks.pgd_eval_config`); the
     transfer matrix and R2S of each seed are measured under both protocols.
     """
-    from rst_tf import reproduction_claims as claims
-    from rst_tf import reproduction_measure as measure
-    from rst_tf import reproduction_report as report
+    from rst_tf.study import claims, measure, report
 
     if pgd_protocol not in attacks.PGD_PROTOCOLS:
         raise ValueError(f"pgd_protocol must be one of {attacks.PGD_PROTOCOLS}, got {pgd_protocol!r}")

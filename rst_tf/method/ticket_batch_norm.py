@@ -3,14 +3,14 @@
 Masks of different remaining ratios over the same weights give different activation statistics. An R2S bank supplies
 each ticket's statistics at inference (`supplied_statistics`); a network searched at several nested ratios holds a set
 of moving statistics per ratio (`statistics_slots` when it is made, `supplied_statistics_slots` per call: switchable
-BatchNorm, as in slimmable networks). `rst_tf.layers` exports every name of this module.
+BatchNorm, as in slimmable networks). `rst_tf.method.layers` exports every name of this module.
 """
 import contextlib
 
 import keras
 import tensorflow as tf
 
-from rst_tf import masking
+from rst_tf.method import masking
 
 _supplied_statistics = masking.SuppliedPerLayer()
 _supplied_slots = masking.SuppliedPerLayer()

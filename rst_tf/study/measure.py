@@ -2,12 +2,12 @@
 
 Every run of the study is measured on one test set: the test subset that the study's first seed draws (for the
 runs' task: all classes, or the class subset of the transfer study), so the per-example results of every run and
-seed are paired on the same images (`evaluation.contrasts`). Per-example results are kept as '0'/'1' strings.
+seed are paired on the same images (`measuring.contrasts`). Per-example results are kept as '0'/'1' strings.
 """
 import dataclasses
 
 from rst_tf import attacks
-from rst_tf.evaluation import contrasts
+from rst_tf.measuring import contrasts
 from rst_tf.training import build
 from rst_tf.training import run_dir as run_files
 
@@ -32,7 +32,7 @@ class TestSets:
 
     def batches(self, config):
         from rst_tf import data
-        from rst_tf.evaluation import suite
+        from rst_tf.reports import suite
 
         key = (tuple(config.class_subset), config.dataset, config.test_examples)
         if key not in self._by_task:
@@ -51,7 +51,7 @@ def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, 
     same protocol, budgets and test seed is not evaluated again). An example counts as robust only if its clean
     image is classified correctly too; PGD runs the runs' `eval_attack_steps`.
     """
-    from rst_tf.evaluation import suite
+    from rst_tf.reports import suite
 
     cache = run_files.read_json(cache_path)
     wanted = [f"{e:g}" for e in epsilons]
@@ -79,7 +79,7 @@ def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, 
 def transfer_between(run_dirs, names, epsilon, steps, cache_path, test_sets, seed=0, pgd_protocol="standard"):
     """`transfer.transfer_matrix` between the runs' best checkpoints (PGD-`steps` at ε/255) on the study's test set,
     with each cell's per-example results ('correct', packed), cached in `cache_path`."""
-    from rst_tf.evaluation import transfer
+    from rst_tf.reports import transfer
 
     cached = run_files.read_json(cache_path)
     attack = pgd(steps, epsilon / 255, pgd_protocol)
@@ -104,7 +104,7 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     Returns {tickets: [{name, remaining_ratio, natural, attacked, attacked_correct}], r2s: {natural, <kind>...},
     r2s_correct: {<kind>: packed}, best_single: {name, attacked}, num_examples, run_dirs, attack, test_seed}.
     """
-    from rst_tf import r2s, tickets
+    from rst_tf.deployment import r2s, tickets
 
     cached = run_files.read_json(cache_path)
     attack = pgd(steps, epsilon / 255, pgd_protocol)

@@ -18,8 +18,10 @@ import os
 
 import numpy as np
 
-from rst_tf import layers, mask_codec, networks
-from rst_tf.r2s import Ticket
+from rst_tf import networks
+from rst_tf.deployment import mask_codec
+from rst_tf.method import layers
+from rst_tf.method.ticket import Ticket
 
 FORMAT = "rst-tf ticket bank"
 VERSION = 1

@@ -6,7 +6,8 @@ leaves a wrong prediction right (or lands on the label by chance) does not make 
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking
+from rst_tf import attacks
+from rst_tf.method import layers, masking
 
 
 class MaskedAttacker:

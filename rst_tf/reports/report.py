@@ -10,7 +10,8 @@ import dataclasses
 import os
 import time
 
-from rst_tf.evaluation import features, intervals, masks, plots, runs, sanity, suite, threats, transfer
+from rst_tf.measuring import intervals
+from rst_tf.reports import features, masks, plots, runs, sanity, suite, threats, transfer
 from rst_tf.training import run_dir as run_folder
 
 

@@ -13,7 +13,7 @@ is the Pearson correlation between the off-diagonal Jaccard overlaps and transfe
 """
 import numpy as np
 
-from rst_tf import layers
+from rst_tf.method import layers
 
 
 def ticket_masks(network):

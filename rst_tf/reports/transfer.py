@@ -1,7 +1,8 @@
 """Transfer attacks between models: adversarial examples crafted on one model, tested on another (paper Fig. 7)."""
 import dataclasses
 
-from rst_tf.evaluation import attacked, intervals, suite
+from rst_tf.measuring import attacked, intervals
+from rst_tf.reports import suite
 
 
 def transfer_matrix(networks_by_name, batches, attack_config, seed=0):

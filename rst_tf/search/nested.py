@@ -17,8 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking, r2s, search
-from rst_tf.evaluation import attacked
+from rst_tf import attacks
+from rst_tf.measuring import attacked
+from rst_tf.method import layers, masking, ticket
+from rst_tf.search import search_model
 
 
 def ticket_name(ratio):
@@ -72,7 +74,7 @@ def nested_masks(network, ratios):
 
 
 def tickets_of(network, ratios, task="default"):
-    """One `r2s.Ticket` per ratio of the nested network: its masks now and its BatchNorm statistics (eager)."""
+    """One `ticket.Ticket` per ratio of the nested network: its masks now and its BatchNorm statistics (eager)."""
     check_network(network, ratios)
     found = []
     for index, (ratio, masks) in enumerate(zip(ratios, nested_masks(network, ratios))):
@@ -83,18 +85,20 @@ def tickets_of(network, ratios, task="default"):
             else:
                 statistics[layer.name] = (layer.slot_moving_mean.numpy()[index].copy(),
                                           layer.slot_moving_variance.numpy()[index].copy())
-        found.append(r2s.Ticket(name=ticket_name(ratio), remaining_ratio=float(ratio), task=task, statistics=statistics,
-                                masks={layer.name: mask.numpy().astype(bool) for layer, mask in masks.items()}))
+        found.append(ticket.Ticket(name=ticket_name(ratio), remaining_ratio=float(ratio), task=task,
+                                   statistics=statistics,
+                                   masks={layer.name: mask.numpy().astype(bool) for layer, mask in masks.items()}))
     return found
 
 
-class NestedSearchModel(search.SearchModel):
-    """`search.SearchModel` over the nested tickets of ascending `ratios` (a network from `check_network`'s build).
+class NestedSearchModel(search_model.SearchModel):
+    """`search_model.SearchModel` over the nested tickets of ascending `ratios` (a network from `check_network`'s
+    build).
 
     One step: every ratio's masks once; one attack per ratio through that ticket (same random start for every
     ratio); one SGD step on the mean over the ratios of each ticket's objective (plus the weight decay once).
     Metrics: `loss` (that mean), `accuracy` (over every ticket's examples), `loss_ratio_<r>` and
-    `accuracy_ratio_<r>` per ticket. Other arguments: `search.SearchModel`'s.
+    `accuracy_ratio_<r>` per ticket. Other arguments: `search_model.SearchModel`'s.
     """
 
     def __init__(self, network, ratios, attack, **kwargs):

@@ -11,7 +11,9 @@ strategies; `distributed_step` runs the same body with `strategy.run` for strate
 import keras
 import tensorflow as tf
 
-from rst_tf import attacks, layers, masking, objectives
+from rst_tf import attacks
+from rst_tf.method import layers, masking
+from rst_tf.search import objectives
 
 MODES = ("rst", "dense_at", "natural", "finetune")
 

@@ -10,8 +10,10 @@ import dataclasses
 import os
 import time
 
-from rst_tf import attacks, r2s, tickets
-from rst_tf.evaluation import intervals, plots, runs
+from rst_tf import attacks
+from rst_tf.deployment import r2s, tickets
+from rst_tf.measuring import intervals
+from rst_tf.reports import plots, runs
 from rst_tf.training import run_dir as run_folder
 
 KIND_DESCRIPTIONS = {

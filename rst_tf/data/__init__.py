@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rst_tf import image_files
+from rst_tf.data import image_files
 
 DATASETS = ("cifar10", "cifar100", "imagenet2012")
 
