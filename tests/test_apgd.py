@@ -149,9 +149,23 @@ def test_apgd_lowers_accuracy_stays_in_ball_and_is_seeded(trained, name):
     assert not np.array_equal(adversarial, _generate(logits_fn, images, labels, _config(name), seed=(1, 3)))
 
 
-def test_apgd_t_runs_each_target_on_the_examples_still_robust_and_traces(trained):
+def _targets_in_turn(logits_fn, images, labels, steps, seed):
+    """The reference's APGD-T: one `run` per target rank in turn, each on the examples no earlier rank fooled."""
+    clean_logits = logits_fn(images)
+    ranked = apgd.ranked_targets(clean_logits, labels)
+    robust = np.argmax(clean_logits, axis=-1) == labels
+    for rank in range(ranked.shape[-1]):
+        start = apgd.uniform_start(images, attacks.core.fold_seed(tf.constant(seed), rank), EPSILON)
+        rows = np.flatnonzero(robust)
+        result = apgd.run(logits_fn, tf.gather(images, rows), tf.gather(labels, rows), tf.gather(start, rows),
+                          EPSILON, steps, "dlr_targeted", targets=tf.gather(ranked[:, rank], rows))
+        robust[rows[result["fooled"].numpy()]] = False
+    return ~robust & (np.argmax(clean_logits, axis=-1) == labels)
+
+
+def test_apgd_t_runs_all_targets_in_one_call_drops_fooled_examples_and_keeps_the_verdicts(trained):
     model, images, labels = trained
-    images, labels = images[:32], labels[:32]
+    images, labels = tf.constant(images[:32]), labels[:32]
     logits_fn = _logits_fn(model)
     batch_sizes = []
 
@@ -160,16 +174,40 @@ def test_apgd_t_runs_each_target_on_the_examples_still_robust_and_traces(trained
         return logits_fn(x)
 
     adversarial, broken = apgd.targeted(recording, images, labels, EPSILON, 4, SEED)
-    # The clean check, then per target its start and 4 iterations on the examples left.
-    runs = np.reshape(batch_sizes[1:], [-1, 5])
-    assert len(runs) == NUM_CLASSES - 1 and np.all(runs == runs[:, :1])
-    assert np.all(np.diff(runs[:, 0]) <= 0) and runs[-1, 0] < runs[0, 0]
+    correct = int(np.sum(np.argmax(logits_fn(images), axis=-1) == labels))
+    # The clean check, then one call of every (example, target) row that shrinks as examples are fooled.
+    assert batch_sizes[1] == correct * (NUM_CLASSES - 1) and len(batch_sizes) == 1 + 1 + 4
+    assert np.all(np.diff(batch_sizes[1:]) <= 0) and batch_sizes[-1] < batch_sizes[1]
+    assert np.all(np.array(batch_sizes[2:]) % (NUM_CLASSES - 1) == 0)  # an example leaves with all its targets
     wrong = np.argmax(logits_fn(adversarial.numpy()), axis=-1) != labels
     np.testing.assert_array_equal(wrong, broken.numpy())
+    in_turn = _targets_in_turn(logits_fn, images, labels, 4, SEED)
+    assert np.sum(in_turn != broken.numpy()) <= 1 and broken.numpy().sum() >= 3
     traced = tf.function(lambda x, y, seed: attacks.generate(logits_fn, x, y, _config("apgd_t", steps=4), seed),
                          autograph=False)
     graph = traced(images, labels, tf.constant(SEED, tf.int64)).numpy()
     assert abs(_accuracy(logits_fn, graph, labels) - (1 - broken.numpy().mean())) <= 2 / len(images)
+
+
+def test_run_until_fooled_gives_run_s_verdicts_and_stops_fooled_rows(trained):
+    model, images, labels = trained
+    images, labels = tf.constant(images[:32]), labels[:32]
+    logits_fn = _logits_fn(model)
+    start = apgd.uniform_start(images, tf.constant(SEED), EPSILON)
+    full = apgd.run(logits_fn, images, labels, start, EPSILON, STEPS, "ce")
+    batch_sizes = []
+
+    def recording(x):
+        batch_sizes.append(int(x.shape[0]))
+        return logits_fn(x)
+
+    found, fooled = apgd.run_until_fooled(recording, images, labels, start, EPSILON, STEPS, "ce")
+    assert np.sum(fooled.numpy() != full["fooled"].numpy()) <= 1 and fooled.numpy().sum() >= 5
+    assert sum(batch_sizes) < len(images) * (STEPS + 1) and np.all(np.diff(batch_sizes) <= 0)
+    wrong = np.argmax(logits_fn(found), axis=-1) != labels
+    np.testing.assert_array_equal(wrong[fooled.numpy()], True)
+    np.testing.assert_array_equal(found.numpy()[~fooled.numpy()], images.numpy()[~fooled.numpy()])
+    assert np.abs(found.numpy() - images.numpy()).max() <= EPSILON + 1e-6
 
 
 def _probabilities(logits_fn):

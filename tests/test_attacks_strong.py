@@ -39,6 +39,9 @@ def _config(name):
         return attacks.bandits_config(EPSILON, max_queries=400, tile_size=1)
     if name == "autoattack":
         return dataclasses.replace(attacks.autoattack_config(EPSILON), steps=10, max_queries=100)
+    if name == "autoattack_fast":
+        return dataclasses.replace(attacks.autoattack_fast_config(EPSILON, malt_targets=2, square_queries=100),
+                                   steps=10)
     if name == "fab_t":
         return dataclasses.replace(attacks.fab_t_config(EPSILON), steps=10)
     raise AssertionError(name)
@@ -205,6 +208,47 @@ def test_autoattack_lowers_accuracy_keeps_only_misclassified_results_and_beats_i
     first_stage = dataclasses.replace(_config("autoattack"), name="apgd_ce")
     assert _accuracy(logits_fn, adversarial, labels) <= _accuracy(
         logits_fn, _generate(logits_fn, images, labels, first_stage), labels) + 2 / FEW
+
+
+def test_autoattack_fast_reports_progress_and_is_as_strong_as_the_standard_schedule(trained):
+    model, images, labels = trained
+    images, labels = images[:FEW], labels[:FEW]
+    logits_fn = _logits_fn(model)
+    reported = []
+    adversarial = attacks.generate(logits_fn, images, labels, _config("autoattack_fast"), tf.constant(SEED, tf.int64),
+                                   progress=lambda component, left: reported.append((component, left))).numpy()
+    _assert_in_ball_and_box(adversarial, images, _config("autoattack_fast"))
+    assert [name for name, _ in reported][0] == "APGD-CE" and reported[-1][0] == "done"
+    assert all(later <= earlier for (_, earlier), (_, later) in zip(reported, reported[1:]))
+    fast = np.argmax(logits_fn(adversarial), axis=-1) == labels
+    assert reported[-1][1] == int(fast.sum())
+    standard = np.argmax(logits_fn(_generate(logits_fn, images, labels, _config("autoattack"))), axis=-1) == labels
+    assert np.sum(fast & ~standard) <= 1
+    settings = attacks.autoattack_fast_settings(_config("autoattack_fast"), 4)
+    assert [c["name"] for c in settings["components"]] == ["APGD-CE", "APGD-T", "Square"]
+    assert settings["components"][1]["target_classes"] == 2 and settings["components"][1]["target_ranking"] == "MALT"
+
+
+@pytest.mark.parametrize("targets", [0, 4])
+def test_autoattack_fast_rejects_a_target_count_outside_1_to_classes_minus_1(trained, targets):
+    model, images, labels = trained
+    config = dataclasses.replace(_config("autoattack_fast"), malt_targets=targets)
+    with pytest.raises(ValueError, match="malt_targets|MALT targets"):
+        attacks.generate(_logits_fn(model), images[:4], labels[:4], config, tf.constant(SEED, tf.int64))
+
+
+def test_malt_ranks_targets_by_the_linearised_distance_not_the_logit():
+    """Logits (0, 2 x1 - 0.5, 0.1 x2 - 0.04) at (0.2, 0.2): class 2 has the higher logit (-0.02 against -0.1),
+    but the boundary with class 1 is nearer (gap 0.1 over gradient 2: 0.05; class 2: 0.02 / 0.1 = 0.2)."""
+    from rst_tf.attacks import malt
+
+    model_fn = lambda x: tf.matmul(x, tf.constant([[0.0, 2.0, 0.0], [0.0, 0.0, 0.1]])) + [0.0, -0.5, -0.04]  # noqa
+    images, labels = tf.constant([[0.2, 0.2]]), tf.constant([0])
+    np.testing.assert_allclose(malt.scores(model_fn, images, labels, tf.constant([[1, 2]])).numpy(), [[0.05, 0.2]],
+                               rtol=1e-5)
+    clean_logits = model_fn(images)
+    assert malt.ranked_targets(model_fn, images, labels, clean_logits, 2).numpy().tolist() == [[1, 2]]
+    assert attacks.apgd.ranked_targets(clean_logits, labels).numpy().tolist()[0][:2] == [2, 1]
 
 
 def test_final_check_keeps_only_fooled_finite_results_within_epsilon_and_the_box():

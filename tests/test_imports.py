@@ -5,7 +5,7 @@ import ast
 import os
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rst_tf")
-ATTACK_COMPONENTS = ("pgd", "apgd", "fab", "square", "bandits", "cw_l2", "trades")
+ATTACK_COMPONENTS = ("pgd", "apgd", "fab", "square", "bandits", "cw_l2", "trades", "malt")
 # The library's parts (rst_tf/<part>/), lowest floor first; bin/ stands above them all. A part imports only parts on
 # its own floor or below.
 FLOORS = (

@@ -2,15 +2,17 @@
 
 All attacks are untargeted. Models take images in [clip_min, clip_max] (normally [0, 1]) and return logits.
 One module per family: `pgd` (fgsm, fgsm_rs, pgd, pgd_l2, cw_inf), `apgd`, `fab`, `square`, `bandits`, `cw_l2`;
-`autoattack` holds the AutoAttack schedules. Every component imports only `config` and `core`.
+`malt` ranks targets (MALT); `autoattack` holds the AutoAttack schedules (``autoattack``, ``autoattack_fast``,
+``autoattack_rand``). Every component imports only `config` and `core`.
 """
 import tensorflow as tf
 
-from rst_tf.attacks import apgd, autoattack, bandits, core, cw_l2, fab, pgd, square, trades
-from rst_tf.attacks.config import (AUTOATTACK_RAND_EOT_DRAWS, AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS,
+from rst_tf.attacks import apgd, autoattack, bandits, core, cw_l2, fab, malt, pgd, square, trades
+from rst_tf.attacks.config import (AUTOATTACK_FAST_MALT_TARGETS, AUTOATTACK_FAST_SQUARE_QUERIES,
+                                   AUTOATTACK_RAND_EOT_DRAWS, AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS,
                                    FGSM_RS_STEP_RATIO, PGD_PROTOCOLS, AttackConfig, autoattack_config,
-                                   autoattack_rand_config, bandits_config, cw_l2_config, fab_t_config,
-                                   fgsm_rs_config, pgd_eval_config)
+                                   autoattack_fast_config, autoattack_rand_config, bandits_config, cw_l2_config,
+                                   fab_t_config, fgsm_rs_config, pgd_eval_config)
 from rst_tf.attacks.core import RNG_ALG
 
 # name -> run(model_fn, images, labels, config, seed, noise_rows, unroll)
@@ -21,9 +23,11 @@ EAGER_ONLY_ATTACKS = tuple(name for name in REGISTRY if AttackConfig(name=name).
 autoattack_settings = autoattack.autoattack_settings
 square_config = square.square_config
 autoattack_rand_settings = autoattack.autoattack_rand_settings
+autoattack_fast_settings = autoattack.autoattack_fast_settings
 
 
-def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=None, unroll=False) -> tf.Tensor:
+def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=None, unroll=False,
+             progress=None) -> tf.Tensor:
     """Adversarial versions of ``images`` under ``config``.
 
     Call it outside the training ``GradientTape``: the result carries no gradient.
@@ -43,6 +47,8 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
       unroll: write the PGD iterations out instead of a ``tf.while_loop``; needed when ``model_fn`` holds a
         cross-replica synchronisation point (synchronised BatchNorm in training mode under ``tf.distribute``),
         which TensorFlow does not allow inside a loop.
+      progress: optional callable ``(component, examples_left)``, called by the AutoAttack schedules
+        (``autoattack``, ``autoattack_fast``) before each component and with ``"done"`` at the end.
 
     Attacks in `EAGER_ONLY_ATTACKS` raise a RuntimeError inside ``tf.function``. Minimum-norm attacks (``cw_l2``,
     ``fab_t``) keep a result only within ``epsilon`` and otherwise return the clean image.
@@ -65,5 +71,6 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
     if config.eager_only and not tf.executing_eagerly():
         raise RuntimeError(f"attack {config.name!r} runs eagerly only; call attacks.generate outside tf.function "
                            "(e.g. from a Python evaluation loop)")
-    adv = REGISTRY[config.name](model_fn, images, labels, config, seed, noise_rows, unroll)
+    extra = {"progress": progress} if progress is not None and config.name in autoattack.REPORTING else {}
+    adv = REGISTRY[config.name](model_fn, images, labels, config, seed, noise_rows, unroll, **extra)
     return tf.stop_gradient(adv)

@@ -155,6 +155,59 @@ def _check_arguments(steps, eot_draws, epsilon, loss):
     core.check_epsilon(epsilon)
 
 
+def _initial_state(start, loss, gradient, logits, labels, epsilon, steps):
+    batch = tf.shape(start)[0]
+    return dict(
+        x=start, x_previous=start, gradient=gradient,
+        best=start, gradient_best=gradient, best_loss=loss,
+        adversarial=start, fooled=core.predicted_wrong(logits, labels),
+        step_size=tf.fill([batch], tf.cast(INITIAL_STEP_RATIO, start.dtype) * epsilon),
+        history=tf.zeros([steps, batch], tf.float32),
+        best_loss_at_check=loss, reduced_at_check=tf.ones([batch], tf.bool),
+    )
+
+
+def _window(steps):
+    """[steps] int32: window[i] > 0 marks a checkpoint after iteration i (0-based) over that many iterations."""
+    marks = checkpoints(steps)
+    window = np.zeros(steps, np.int32)
+    window[[done - 1 for done, _ in marks]] = [size for _, size in marks]
+    return tf.constant(window)
+
+
+def _iteration(i, s, lower, upper, labels, evaluate, window):
+    """One APGD iteration of every row of state `s`; `evaluate(x)` gives (loss, input gradient, logits)."""
+    rows = lambda flags: core.expand_rows(flags, s["x"])  # noqa: E731
+    dtype = s["x"].dtype
+    momentum = tf.where(i > 0, tf.constant(MOMENTUM, dtype), tf.constant(1.0, dtype))
+    x = s["x"]
+    z = tf.clip_by_value(x + rows(s["step_size"]) * tf.sign(s["gradient"]), lower, upper)
+    x_new = tf.clip_by_value(x + (z - x) * momentum + (x - s["x_previous"]) * (1 - momentum), lower, upper)
+    loss, gradient, logits = evaluate(x_new)
+    wrong = core.predicted_wrong(logits, labels)
+    adversarial = tf.where(rows(wrong), x_new, s["adversarial"])
+    history = tf.tensor_scatter_nd_update(s["history"], [[i]], loss[None])
+    improved = loss > s["best_loss"]
+    best = tf.where(rows(improved), x_new, s["best"])
+    gradient_best = tf.where(rows(improved), gradient, s["gradient_best"])
+    best_loss = tf.where(improved, loss, s["best_loss"])
+
+    size = window[i]
+    checkpoint = size > 0
+    no_improvement = ~s["reduced_at_check"] & (s["best_loss_at_check"] >= best_loss)
+    reduce = checkpoint & (oscillating(history, i, size) | no_improvement)
+    return dict(
+        x=tf.where(rows(reduce), best, x_new), x_previous=x,
+        gradient=tf.where(rows(reduce), gradient_best, gradient),
+        best=best, gradient_best=gradient_best, best_loss=best_loss,
+        adversarial=adversarial, fooled=s["fooled"] | wrong,
+        step_size=tf.where(reduce, s["step_size"] / 2, s["step_size"]),
+        history=history,
+        best_loss_at_check=tf.where(checkpoint, best_loss, s["best_loss_at_check"]),
+        reduced_at_check=tf.where(checkpoint, reduce, s["reduced_at_check"]),
+    ), wrong
+
+
 def run(model_fn, images, labels, start, epsilon, steps, loss="ce", targets=None, eot_draws=1, clip_min=0.0,
         clip_max=1.0):
     """One APGD run of `steps` iterations from `start` (in the epsilon-ball around `images`).
@@ -168,74 +221,96 @@ def run(model_fn, images, labels, start, epsilon, steps, loss="ce", targets=None
     images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
     labels = core.as_class_ids(labels)
     targets = labels if targets is None else tf.cast(targets, labels.dtype)
-    dtype = images.dtype
-    epsilon = tf.cast(epsilon, dtype)
+    epsilon = tf.cast(epsilon, images.dtype)
     lower = tf.maximum(images - epsilon, clip_min)
     upper = tf.minimum(images + epsilon, clip_max)
-    rows = lambda flags: core.expand_rows(flags, images)
-
-    start = tf.cast(start, dtype)
-    loss, gradient, logits = _evaluate(model_fn, start, labels, targets, loss_fn, eot_draws)
-    marks = checkpoints(steps)
-    window = np.zeros(steps, np.int32)
-    window[[done - 1 for done, _ in marks]] = [size for _, size in marks]
-    window = tf.constant(window)  # window[i] > 0: a checkpoint after iteration i (0-based)
-
-    batch = tf.shape(images)[0]
-    state = dict(
-        x=start, x_previous=start, gradient=gradient,
-        best=start, gradient_best=gradient, best_loss=loss,
-        adversarial=start, fooled=core.predicted_wrong(logits, labels),
-        step_size=tf.fill([batch], tf.cast(INITIAL_STEP_RATIO, dtype) * epsilon),
-        history=tf.zeros([steps, batch], tf.float32),
-        best_loss_at_check=loss, reduced_at_check=tf.ones([batch], tf.bool),
-    )
-
-    def body(i, s):
-        momentum = tf.where(i > 0, tf.constant(MOMENTUM, dtype), tf.constant(1.0, dtype))
-        x = s["x"]
-        z = tf.clip_by_value(x + rows(s["step_size"]) * tf.sign(s["gradient"]), lower, upper)
-        x_new = tf.clip_by_value(x + (z - x) * momentum + (x - s["x_previous"]) * (1 - momentum), lower, upper)
-        loss, gradient, logits = _evaluate(model_fn, x_new, labels, targets, loss_fn, eot_draws)
-        wrong = core.predicted_wrong(logits, labels)
-        adversarial = tf.where(rows(wrong), x_new, s["adversarial"])
-        history = tf.tensor_scatter_nd_update(s["history"], [[i]], loss[None])
-        improved = loss > s["best_loss"]
-        best = tf.where(rows(improved), x_new, s["best"])
-        gradient_best = tf.where(rows(improved), gradient, s["gradient_best"])
-        best_loss = tf.where(improved, loss, s["best_loss"])
-
-        size = window[i]
-        checkpoint = size > 0
-        no_improvement = ~s["reduced_at_check"] & (s["best_loss_at_check"] >= best_loss)
-        reduce = checkpoint & (oscillating(history, i, size) | no_improvement)
-        return i + 1, dict(
-            x=tf.where(rows(reduce), best, x_new), x_previous=x,
-            gradient=tf.where(rows(reduce), gradient_best, gradient),
-            best=best, gradient_best=gradient_best, best_loss=best_loss,
-            adversarial=adversarial, fooled=s["fooled"] | wrong,
-            step_size=tf.where(reduce, s["step_size"] / 2, s["step_size"]),
-            history=history,
-            best_loss_at_check=tf.where(checkpoint, best_loss, s["best_loss_at_check"]),
-            reduced_at_check=tf.where(checkpoint, reduce, s["reduced_at_check"]),
-        )
-
+    evaluate = lambda x: _evaluate(model_fn, x, labels, targets, loss_fn, eot_draws)  # noqa: E731
+    start = tf.cast(start, images.dtype)
+    state = _initial_state(start, *evaluate(start), labels, epsilon, steps)
+    window = _window(steps)
+    body = lambda i, s: (i + 1, _iteration(i, s, lower, upper, labels, evaluate, window)[0])  # noqa: E731
     _, state = tf.while_loop(lambda i, s: i < steps, body, (tf.constant(0), state), maximum_iterations=steps)
     keys = ("adversarial", "fooled", "best", "best_loss", "step_size")
     return {key: tf.stop_gradient(state[key]) for key in keys}
 
 
+def run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="ce", targets=None, groups=None,
+                     num_groups=None, eot_draws=1, clip_min=0.0, clip_max=1.0):
+    """`run` for verdicts: every row follows `run`'s rules step for step, but leaves the batch as soon as it, or
+    another row of its group, is misclassified (an example once fooled stays fooled, so its verdict cannot change).
+
+    `groups` (int [rows], values in [0, num_groups)): rows of one example, e.g. the same image towards several
+    targets; default: every row its own group. Returns (found, fooled) per group: ``fooled`` [num_groups] (some
+    iterate of some row of the group, the start included, was misclassified) and ``found`` [num_groups, ...]: the
+    first misclassified iterate (of the lowest such row), or the group's first row image if none.
+    """
+    _check_arguments(steps, eot_draws, epsilon, loss)
+    loss_fn = _LOSS_FNS[loss]
+    images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
+    labels = core.as_class_ids(labels)
+    targets = labels if targets is None else tf.cast(targets, labels.dtype)
+    rows_count = tf.shape(images)[0]
+    if groups is None:
+        groups, num_groups = tf.range(rows_count), rows_count
+    groups = tf.cast(groups, tf.int32)
+    epsilon = tf.cast(epsilon, images.dtype)
+    start = tf.cast(start, images.dtype)
+    first_rows = tf.math.unsorted_segment_min(tf.range(rows_count), groups, num_groups)
+    found = tf.gather(images, first_rows)
+    fooled = tf.zeros([num_groups], tf.bool)
+    window = _window(steps)
+    rows_state = dict(lower=tf.maximum(images - epsilon, clip_min), upper=tf.minimum(images + epsilon, clip_max),
+                      labels=labels, targets=targets, groups=groups)
+
+    def record(x, wrong, rows_state, found, fooled):
+        """Groups with a misclassified row get its point (the lowest such row's); their rows are dropped."""
+        position = tf.range(tf.shape(wrong)[0])
+        big = tf.int32.max
+        first = tf.math.unsorted_segment_min(tf.where(wrong, position, big), rows_state["groups"], num_groups)
+        hit = first < big
+        where = tf.where(hit)
+        found = tf.tensor_scatter_nd_update(found, where, tf.gather(x, tf.boolean_mask(first, hit)))
+        fooled = fooled | hit
+        keep = tf.where(~tf.gather(fooled, rows_state["groups"]))[:, 0]
+        return keep, found, fooled
+
+    evaluate = lambda x, r: _evaluate(model_fn, x, r["labels"], r["targets"], loss_fn, eot_draws)  # noqa: E731
+    state = _initial_state(start, *evaluate(start, rows_state), labels, epsilon, steps)
+    keep, found, fooled = record(start, state["fooled"], rows_state, found, fooled)
+
+    def gather(structure, keep):
+        return {key: tf.gather(value, keep, axis=1 if key == "history" else 0) for key, value in structure.items()}
+
+    def body(i, s, r, found, fooled):
+        s, wrong = _iteration(i, s, r["lower"], r["upper"], r["labels"], lambda x: evaluate(x, r), window)
+        keep, found, fooled = record(s["adversarial"], wrong, r, found, fooled)
+        return i + 1, gather(s, keep), gather(r, keep), found, fooled
+
+    loop_vars = (tf.constant(0), gather(state, keep), gather(rows_state, keep), found, fooled)
+    invariant = lambda t: tf.TensorShape([None]).concatenate(t.shape[1:])  # noqa: E731
+    shapes = (tf.TensorShape([]),
+              {key: (tf.TensorShape([steps, None]) if key == "history" else invariant(value))
+               for key, value in loop_vars[1].items()},
+              {key: invariant(value) for key, value in loop_vars[2].items()},
+              found.shape, fooled.shape)
+    _, _, _, found, fooled = tf.while_loop(
+        lambda i, s, r, *_: (i < steps) & (tf.shape(s["x"])[0] > 0), body, loop_vars, shape_invariants=shapes,
+        maximum_iterations=steps)
+    return tf.stop_gradient(found), fooled
+
+
 def _run_on(robust, adversarial, images, labels, start, targets, run_args):
-    """`run` on the examples flagged `robust`; those it fools get its adversarial example and leave `robust`."""
+    """`run_until_fooled` on the examples flagged `robust`; those it fools get its adversarial example and leave
+    `robust`."""
     remaining = tf.where(robust)[:, 0]
 
     def attack():
-        result = run(run_args["model_fn"], tf.gather(images, remaining), tf.gather(labels, remaining),
-                     tf.gather(start, remaining), targets=None if targets is None else tf.gather(targets, remaining),
-                     **{key: value for key, value in run_args.items() if key != "model_fn"})
-        where = tf.boolean_mask(remaining, result["fooled"])[:, None]
-        found = tf.boolean_mask(result["adversarial"], result["fooled"])
-        return (tf.tensor_scatter_nd_update(adversarial, where, found),
+        found, fooled = run_until_fooled(
+            run_args["model_fn"], tf.gather(images, remaining), tf.gather(labels, remaining),
+            tf.gather(start, remaining), targets=None if targets is None else tf.gather(targets, remaining),
+            **{key: value for key, value in run_args.items() if key != "model_fn"})
+        where = tf.boolean_mask(remaining, fooled)[:, None]
+        return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, fooled)),
                 tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
 
     # Models need not accept an empty batch.
@@ -243,9 +318,11 @@ def _run_on(robust, adversarial, images, labels, start, targets, run_args):
 
 
 def untargeted(model_fn, images, labels, epsilon, steps, loss="ce", seed=(0, 0), eot_draws=1, clip_min=0.0,
-               clip_max=1.0, noise_rows=None, start=None):
+               clip_max=1.0, noise_rows=None, start=None, clean_logits=None):
     """APGD-CE (`loss="ce"`) or APGD-DLR (`loss="dlr"`) as the reference's ``perturb``: one run on the examples the
-    model classifies correctly, from `start` if given, else from `uniform_start(images, seed, ...)`.
+    model classifies correctly, from `start` if given, else from `uniform_start(images, seed, ...)`. An example
+    leaves the run once fooled (`run_until_fooled`). `clean_logits`: the model's (mean) logits on `images`, if
+    already computed.
 
     Returns:
       (adversarial, broken): the fooled examples replaced by their adversarial example (the others keep the clean
@@ -255,7 +332,8 @@ def untargeted(model_fn, images, labels, epsilon, steps, loss="ce", seed=(0, 0),
         raise ValueError(f"untargeted APGD loss must be 'ce' or 'dlr', got {loss!r}")
     images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
     labels = core.as_class_ids(labels)
-    clean_logits = mean_logits(model_fn, images, eot_draws)
+    if clean_logits is None:
+        clean_logits = mean_logits(model_fn, images, eot_draws)
     core.check_inputs(images, labels, clean_logits, epsilon, clip_min, clip_max)
     correct = ~core.predicted_wrong(clean_logits, labels)
     if start is None:
@@ -273,33 +351,72 @@ def ranked_targets(clean_logits, labels):
     return tf.argsort(masked, axis=-1, direction="DESCENDING", stable=True)[:, :-1]
 
 
-def targeted(model_fn, images, labels, epsilon, steps, seed=(0, 0),
-             target_classes=config_lib.AUTOATTACK_TARGET_CLASSES, eot_draws=1, clip_min=0.0, clip_max=1.0,
-             noise_rows=None):
-    """APGD-T as the reference: for the target of rank r = 1 .. min(target_classes, classes - 1) (the r-th highest
-    non-true clean logit), one targeted-DLR run on the examples still classified correctly, from the start drawn
-    from ``stateless_fold_in(seed, r - 1)``. Returns (adversarial, broken) as `untargeted`."""
+# Rows (example x target) of one batched targeted call; more targets run in groups of ranks.
+MAX_TARGETED_ROWS = 2048
+
+
+def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=(0, 0), eot_draws=1, clip_min=0.0,
+                clip_max=1.0, noise_rows=None, max_rows=MAX_TARGETED_ROWS):
+    """Targeted-DLR APGD runs of the examples flagged `robust` towards each column of `targets` ([batch, count]),
+    all targets of an example in one batched call (`run_until_fooled`, rows grouped by example; ranks split into
+    groups of at most `max_rows` rows, each on the examples still robust). Column r starts from the draw of
+    ``stateless_fold_in(seed, r)`` over the whole batch. The verdicts are those of one run per target in turn, each
+    on the examples no earlier target fooled; an example's point is the first found.
+
+    Returns (adversarial, robust): the images with fooled examples replaced, and `robust` without them.
+    """
     images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
     labels = core.as_class_ids(labels)
     seed = tf.convert_to_tensor(seed)
-    clean_logits = mean_logits(model_fn, images, eot_draws)
+    count = targets.shape[-1]
+    batch_rows = images.shape[0]
+    per_call = count if not batch_rows else max(1, min(count, max_rows // max(batch_rows, 1)))
+    run_args = dict(epsilon=epsilon, steps=steps, loss="dlr_targeted", eot_draws=eot_draws, clip_min=clip_min,
+                    clip_max=clip_max)
+    adversarial = images
+    for first in range(0, count, per_call):
+        ranks = range(first, min(first + per_call, count))
+        starts = [uniform_start(images, core.fold_seed(seed, rank), epsilon, clip_min, clip_max, noise_rows)
+                  for rank in ranks]
+
+        def attack(robust=robust, adversarial=adversarial, ranks=ranks, starts=starts):
+            remaining = tf.where(robust)[:, 0]
+            left = tf.shape(remaining)[0]
+            rows = tf.tile(remaining, [len(ranks)])  # rank-major: row k * left + j is example j, rank ranks[k]
+            found, fooled = run_until_fooled(
+                model_fn, tf.gather(images, rows), tf.gather(labels, rows),
+                tf.concat([tf.gather(start, remaining) for start in starts], 0),
+                targets=tf.concat([tf.gather(targets[:, rank], remaining) for rank in ranks], 0),
+                groups=tf.tile(tf.range(left), [len(ranks)]), num_groups=left, **run_args)
+            where = tf.boolean_mask(remaining, fooled)[:, None]
+            return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, fooled)),
+                    tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
+
+        # Models need not accept an empty batch.
+        adversarial, robust = tf.cond(tf.reduce_any(robust), attack, lambda: (adversarial, robust))
+    return adversarial, robust
+
+
+def targeted(model_fn, images, labels, epsilon, steps, seed=(0, 0),
+             target_classes=config_lib.AUTOATTACK_TARGET_CLASSES, eot_draws=1, clip_min=0.0, clip_max=1.0,
+             noise_rows=None, clean_logits=None):
+    """APGD-T as the reference: for the target of rank r = 1 .. min(target_classes, classes - 1) (the r-th highest
+    non-true clean logit), one targeted-DLR run of the examples classified correctly, from the start drawn from
+    ``stateless_fold_in(seed, r - 1)``; the targets run batched (`targeted_on`), with the reference's verdicts.
+    Returns (adversarial, broken) as `untargeted`."""
+    images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
+    labels = core.as_class_ids(labels)
+    if clean_logits is None:
+        clean_logits = mean_logits(model_fn, images, eot_draws)
     core.check_inputs(images, labels, clean_logits, epsilon, clip_min, clip_max)
     classes = clean_logits.shape[-1]
     if classes is None or classes < 4:
         raise ValueError(f"APGD-T needs a known number of classes >= 4, got {classes}")
-    ranked = ranked_targets(clean_logits, labels)
-    correct = ~core.predicted_wrong(clean_logits, labels)
-    run_args = dict(model_fn=model_fn, epsilon=epsilon, steps=steps, loss="dlr_targeted", eot_draws=eot_draws,
-                    clip_min=clip_min, clip_max=clip_max)
-
-    def body(rank, adversarial, robust):
-        start = uniform_start(images, core.fold_seed(seed, rank), epsilon, clip_min, clip_max, noise_rows)
-        adversarial, robust = _run_on(robust, adversarial, images, labels, start, ranked[:, rank], run_args)
-        return rank + 1, adversarial, robust
-
     count = min(target_classes, classes - 1)
-    _, adversarial, robust = tf.while_loop(lambda rank, *_: rank < count, body, (tf.constant(0), images, correct),
-                                           maximum_iterations=count)
+    ranked = ranked_targets(clean_logits, labels)[:, :count]
+    correct = ~core.predicted_wrong(clean_logits, labels)
+    adversarial, robust = targeted_on(model_fn, images, labels, correct, ranked, epsilon, steps, seed, eot_draws,
+                                      clip_min, clip_max, noise_rows)
     return adversarial, correct & ~robust
 
 

@@ -10,7 +10,7 @@ finite, within epsilon (L-inf) of the clean image and inside the box; the others
 import numpy as np
 import tensorflow as tf
 
-from rst_tf.attacks import apgd, fab, square
+from rst_tf.attacks import apgd, fab, malt, square
 from rst_tf.attacks import config as config_lib
 from rst_tf.attacks import core
 
@@ -89,37 +89,103 @@ def final_check(images, adversarial, fooled, epsilon, clip_min, clip_max):
     return tf.where(core.expand_rows(fooled & valid, images), adversarial, images)
 
 
-def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
+# The random stream of each component (`core.fold_seed(seed, stream)`), the same in every schedule.
+_STREAMS = {"APGD-CE": 0, "APGD-T": 1, "FAB-T": 2, "Square": 3}
+
+
+def _run_schedule(forward, images, labels, clean_logits, components, seed, progress):
+    """Each (name, component) in turn on the examples still classified correctly; a component's result for an
+    example counts when a fresh forward pass misclassifies it. `component(x, y, seed, clean_logits)` returns
+    adversarial images. `progress(name, examples left)` is called before each component and with "done" at the
+    end. Returns (adversarial, fooled) before the final check."""
+    robust = (~core.predicted_wrong(clean_logits, labels)).numpy()
+    adversarial = images.numpy().copy()
+    for name, component in components:
+        remaining = np.flatnonzero(robust)
+        if progress is not None:
+            progress(name, int(remaining.size))
+        if remaining.size == 0:
+            break
+        subset_labels = tf.gather(labels, remaining)
+        found = component(tf.gather(images, remaining), subset_labels, core.fold_seed(seed, _STREAMS[name]),
+                          tf.gather(clean_logits, remaining))
+        fooled = core.predicted_wrong(tf.cast(forward(found), tf.float32), subset_labels).numpy()
+        adversarial[remaining[fooled]] = found.numpy()[fooled]
+        robust[remaining[fooled]] = False
+    if progress is not None:
+        progress("done", int(robust.sum()))
+    fooled = tf.constant(~robust) & ~core.predicted_wrong(clean_logits, labels)
+    return tf.constant(adversarial), fooled
+
+
+def _square_component(forward, config):
+    return lambda x, y, s, z: square.attack(forward, x, y, config.epsilon, config.max_queries, SQUARE_P_INIT, s,
+                                            config.clip_min, config.clip_max)[0]
+
+
+def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """Standard AutoAttack, driven eagerly component by component; each component runs as one traced call on the
-    examples still classified correctly. Component c draws its randomness from ``stateless_fold_in(seed, c)``."""
+    examples still classified correctly, with the clean logits computed once. Component c draws its randomness from
+    ``stateless_fold_in(seed, c)``."""
     forward = tf.function(model_fn, reduce_retracing=True)
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
     targets = min(fab.STANDARD_TARGET_CLASSES, clean_logits.shape[-1] - 1)
-    apgd_ce = tf.function(lambda x, y, s: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high),
-                          reduce_retracing=True)
-    apgd_t = tf.function(lambda x, y, s: apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high),
-                         reduce_retracing=True)
+    apgd_ce = tf.function(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
+                                                             clean_logits=z)[0], reduce_retracing=True)
+    apgd_t = tf.function(lambda x, y, s, z: apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high,
+                                                          clean_logits=z)[0], reduce_retracing=True)
     components = (
-        lambda x, y, s: apgd_ce(x, y, s)[0],
-        lambda x, y, s: apgd_t(x, y, s)[0],
-        lambda x, y, s: fab.attack(forward, x, y, epsilon, steps, targets, low, high)[0],
-        lambda x, y, s: square.attack(forward, x, y, epsilon, config.max_queries, SQUARE_P_INIT, s, low, high)[0],
+        ("APGD-CE", apgd_ce),
+        ("APGD-T", apgd_t),
+        ("FAB-T", lambda x, y, s, z: fab.attack(forward, x, y, epsilon, steps, targets, low, high, clean_logits=z)[0]),
+        ("Square", _square_component(forward, config)),
     )
-    robust = (~core.predicted_wrong(clean_logits, labels)).numpy()
-    adversarial = images.numpy().copy()
-    for index, component in enumerate(components):
-        remaining = np.flatnonzero(robust)
-        if remaining.size == 0:
-            break
-        subset_labels = tf.gather(labels, remaining)
-        found = component(tf.gather(images, remaining), subset_labels, core.fold_seed(seed, index))
-        fooled = core.predicted_wrong(tf.cast(forward(found), tf.float32), subset_labels).numpy()
-        adversarial[remaining[fooled]] = found.numpy()[fooled]
-        robust[remaining[fooled]] = False
-    fooled = tf.constant(~robust) & ~core.predicted_wrong(clean_logits, labels)
-    return final_check(images, tf.constant(adversarial), fooled, epsilon, low, high)
+    adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)
+    return final_check(images, adversarial, fooled, epsilon, low, high)
+
+
+def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
+    """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
+    best MALT-ranked classes of each example still classified correctly, all targets in one batched call, then
+    Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
+    forward = tf.function(model_fn, reduce_retracing=True)
+    epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
+    clean_logits = tf.cast(forward(images), tf.float32)
+    core.check_inputs(images, labels, clean_logits, epsilon, low, high)
+    malt.check_count(config.malt_targets, clean_logits.shape[-1])
+    apgd_ce = tf.function(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
+                                                             clean_logits=z)[0], reduce_retracing=True)
+
+    def malt_apgd_t(x, y, s, z):
+        targets = malt.ranked_targets(model_fn, x, y, z, config.malt_targets)
+        robust = tf.ones(tf.shape(y), tf.bool)
+        return apgd.targeted_on(model_fn, x, y, robust, targets, epsilon, steps, s, 1, low, high)[0]
+
+    components = [("APGD-CE", apgd_ce), ("APGD-T", tf.function(malt_apgd_t, reduce_retracing=True))]
+    if config.max_queries > 0:
+        components.append(("Square", _square_component(forward, config)))
+    adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)
+    return final_check(images, adversarial, fooled, epsilon, low, high)
+
+
+def autoattack_fast_settings(config: config_lib.AttackConfig, num_classes: int) -> dict:
+    """What ``generate`` runs for ``autoattack_fast`` with ``config`` on a ``num_classes``-way classifier."""
+    config.validate()
+    if config.name != "autoattack_fast":
+        raise ValueError(f"autoattack_fast_settings needs an autoattack_fast config, got {config.name!r}")
+    malt.check_count(config.malt_targets, num_classes)
+    apgd_settings = _apgd_settings(config, eot_draws=1)
+    components = [dict(name="APGD-CE", loss="ce", targeted=False, **apgd_settings),
+                  dict(name="APGD-T", loss="dlr_targeted", targeted=True, target_ranking="MALT",
+                       target_classes=config.malt_targets, **apgd_settings)]
+    if config.max_queries > 0:
+        components.append(dict(name="Square", implementation="rst_tf.attacks.square", norm="Linf",
+                               eps=config.epsilon, n_queries=config.max_queries, p_init=SQUARE_P_INIT, restarts=1))
+    return {"attack": "autoattack_fast", "version": "fast", "norm": "Linf", "epsilon": config.epsilon,
+            "clip_values": (config.clip_min, config.clip_max), "components": components,
+            "acceptance": "as autoattack"}
 
 
 def _autoattack_rand(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
@@ -156,7 +222,18 @@ def _check_autoattack(config):
     config_lib.check_int("max_queries", config.max_queries, minimum=1)
 
 
-RUNS = {"autoattack": _autoattack, "autoattack_rand": _autoattack_rand}
+def _check_autoattack_fast(config):
+    config_lib.check_positive("epsilon", config.epsilon)
+    config_lib.check_int("steps", config.steps, minimum=1)
+    config_lib.check_int("max_queries", config.max_queries, minimum=0)
+    config_lib.check_int("malt_targets", config.malt_targets, minimum=1)
+
+
+RUNS = {"autoattack": _autoattack, "autoattack_fast": _autoattack_fast, "autoattack_rand": _autoattack_rand}
+# Schedules that report their progress: `run(..., progress=fn)` calls fn(component, examples left).
+REPORTING = ("autoattack", "autoattack_fast")
+config_lib.register(("autoattack_fast",), config_lib.Rule(check=_check_autoattack_fast,
+                                                          uses_noise=lambda config: True, eager_only=True))
 config_lib.register(("autoattack",), config_lib.Rule(check=_check_autoattack, uses_noise=lambda config: True,
                                                      eager_only=True))
 config_lib.register(("autoattack_rand",), config_lib.Rule(check=apgd.check_config, uses_noise=lambda config: True))

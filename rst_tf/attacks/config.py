@@ -20,6 +20,9 @@ PGD_PROTOCOLS = ("standard", "paper")
 AUTOATTACK_STEPS = 100
 AUTOATTACK_SQUARE_QUERIES = 5000
 AUTOATTACK_TARGET_CLASSES = 9  # APGD-T and FAB-T: the 9 highest non-true clean logits
+# autoattack_fast: targeted APGD towards this many MALT-ranked classes, then Square with this many queries.
+AUTOATTACK_FAST_MALT_TARGETS = 3
+AUTOATTACK_FAST_SQUARE_QUERIES = 0
 # AutoAttack's rand version: EOT draws per gradient.
 AUTOATTACK_RAND_EOT_DRAWS = 20
 
@@ -94,6 +97,8 @@ class AttackConfig:
     tile_size: int = 4
     # the APGD attacks
     eot_draws: int = 1
+    # autoattack_fast: classes attacked by targeted APGD, best MALT-ranked first
+    malt_targets: int = AUTOATTACK_FAST_MALT_TARGETS
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -187,6 +192,14 @@ def autoattack_config(epsilon=8 / 255) -> AttackConfig:
     """Standard AutoAttack at L-inf radius ``epsilon``: 100 APGD / FAB iterations, 5000 Square queries."""
     return AttackConfig(name="autoattack", epsilon=epsilon, steps=AUTOATTACK_STEPS, random_start=False,
                         max_queries=AUTOATTACK_SQUARE_QUERIES)
+
+
+def autoattack_fast_config(epsilon=8 / 255, malt_targets=AUTOATTACK_FAST_MALT_TARGETS,
+                           square_queries=AUTOATTACK_FAST_SQUARE_QUERIES) -> AttackConfig:
+    """AutoAttack at a fraction of its cost: APGD-CE, then targeted APGD towards the `malt_targets` best
+    MALT-ranked classes (100 iterations each), then Square with `square_queries` queries (none if 0)."""
+    return AttackConfig(name="autoattack_fast", epsilon=epsilon, steps=AUTOATTACK_STEPS, random_start=False,
+                        max_queries=square_queries, malt_targets=malt_targets)
 
 
 def fab_t_config(epsilon=8 / 255) -> AttackConfig:

@@ -86,6 +86,46 @@ def ranked_targets(logits, labels, count):
     return tf.cast(ranked, labels.dtype)
 
 
+def _boundary(model_fn, x, image_shape, labels, targets):
+    """(z_t - z_y, its input gradient flattened) at the flat points `x`."""
+    rows = tf.shape(x)[0]
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        points = tf.reshape(x, tf.concat([[rows], image_shape], 0))
+        tape.watch(points)
+        logits = model_fn(points)
+        if logits.shape.rank != 2:
+            raise ValueError(f"FAB needs logits of shape [batch, classes], got shape {logits.shape}")
+        logits = tf.cast(logits, x.dtype)
+        gap = tf.gather(logits, targets, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
+    return gap, tf.reshape(tape.gradient(gap, points), [rows, -1])
+
+
+def _step(model_fn, x, clean, labels, targets, image_shape, closest, distance, clip_min, clip_max):
+    """One FAB iteration of flat points `x` ([rows, features]) from flat images `clean`. Returns (next x, closest,
+    distance, moved, fooled, moved_distance)."""
+    rows = tf.shape(x)[0]
+    gap, normal = _boundary(model_fn, x, image_shape, labels, targets)
+    # The linearised boundary: normal . z = normal . x - gap.
+    offset = tf.reduce_sum(normal * x, axis=-1) - gap
+    both = project_linf(
+        tf.concat([x, clean], 0), tf.concat([normal, normal], 0), tf.concat([offset, offset], 0),
+        clip_min, clip_max,
+    )
+    from_current, from_clean = both[:rows], both[rows:]
+    length_current = tf.maximum(tf.reduce_max(tf.abs(from_current), axis=-1), _MIN_STEP)
+    length_clean = tf.maximum(tf.reduce_max(tf.abs(from_clean), axis=-1), _MIN_STEP)
+    alpha = tf.clip_by_value(length_current / (length_current + length_clean), 0.0, ALPHA_MAX)[:, None]
+    moved = (x + OVERSHOOT * from_current) * (1.0 - alpha) + (clean + OVERSHOOT * from_clean) * alpha
+    moved = tf.clip_by_value(moved, clip_min, clip_max)
+    fooled = core.predicted_wrong(model_fn(tf.reshape(moved, tf.concat([[rows], image_shape], 0))), labels)
+    moved_distance = tf.reduce_max(tf.abs(moved - clean), axis=-1)
+    closer = fooled & (moved_distance < distance)
+    closest = tf.where(closer[:, None], moved, closest)
+    distance = tf.where(closer, moved_distance, distance)
+    x = tf.where(fooled[:, None], clean + (moved - clean) * BACKWARD_STEP, moved)
+    return x, closest, distance, moved, fooled, moved_distance
+
+
 def targeted_run(model_fn, images, labels, targets, steps, clip_min=0.0, clip_max=1.0):
     """One FAB-T run of ``steps`` iterations from the clean images towards ``targets``.
 
@@ -95,44 +135,60 @@ def targeted_run(model_fn, images, labels, targets, steps, clip_min=0.0, clip_ma
     """
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
-    rows = shape[0]
-    clean = tf.reshape(images, [rows, -1])
-
-    def boundary(x):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x)
-            logits = model_fn(x)
-            if logits.shape.rank != 2:
-                raise ValueError(f"FAB needs logits of shape [batch, classes], got shape {logits.shape}")
-            logits = tf.cast(logits, x.dtype)
-            gap = tf.gather(logits, targets, batch_dims=1) - tf.gather(logits, labels, batch_dims=1)
-        return gap, tf.reshape(tape.gradient(gap, x), [rows, -1])
+    clean = tf.reshape(images, [shape[0], -1])
 
     def body(step, x, closest, distance):
-        gap, normal = boundary(tf.reshape(x, shape))
-        # The linearised boundary: normal . z = normal . x - gap.
-        offset = tf.reduce_sum(normal * x, axis=-1) - gap
-        both = project_linf(
-            tf.concat([x, clean], 0), tf.concat([normal, normal], 0), tf.concat([offset, offset], 0),
-            clip_min, clip_max,
-        )
-        from_current, from_clean = both[:rows], both[rows:]
-        length_current = tf.maximum(tf.reduce_max(tf.abs(from_current), axis=-1), _MIN_STEP)
-        length_clean = tf.maximum(tf.reduce_max(tf.abs(from_clean), axis=-1), _MIN_STEP)
-        alpha = tf.clip_by_value(length_current / (length_current + length_clean), 0.0, ALPHA_MAX)[:, None]
-        moved = (x + OVERSHOOT * from_current) * (1.0 - alpha) + (clean + OVERSHOOT * from_clean) * alpha
-        moved = tf.clip_by_value(moved, clip_min, clip_max)
-        fooled = core.predicted_wrong(model_fn(tf.reshape(moved, shape)), labels)
-        moved_distance = tf.reduce_max(tf.abs(moved - clean), axis=-1)
-        closer = fooled & (moved_distance < distance)
-        closest = tf.where(closer[:, None], moved, closest)
-        distance = tf.where(closer, moved_distance, distance)
-        x = tf.where(fooled[:, None], clean + (moved - clean) * BACKWARD_STEP, moved)
+        x, closest, distance, _, _, _ = _step(model_fn, x, clean, labels, targets, shape[1:], closest, distance,
+                                              clip_min, clip_max)
         return step + 1, x, closest, distance
 
-    start = (tf.constant(0), clean, clean, tf.fill([rows], tf.constant(np.inf, images.dtype)))
+    start = (tf.constant(0), clean, clean, tf.fill([shape[0]], tf.constant(np.inf, images.dtype)))
     _, _, closest, distance = tf.while_loop(lambda step, *_: step < steps, body, start)
     return tf.reshape(closest, shape), distance
+
+
+def run_until_broken(model_fn, images, labels, targets, steps, epsilon, groups, num_groups, clip_min=0.0,
+                     clip_max=1.0):
+    """`targeted_run` for verdicts: every row follows its rules step for step, but leaves the batch once it, or
+    another row of its group (the same example towards another target), has recorded a misclassified point within
+    `epsilon` (its closest point can then only stay within epsilon, so the verdict cannot change).
+
+    Returns (found [num_groups, ...], within [num_groups]): per group the first such point (of its lowest row among
+    those that found one at the same iteration) and whether there is one; the group's first image otherwise.
+    """
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    rows_count = shape[0]
+    groups = tf.cast(groups, tf.int32)
+    epsilon = tf.cast(tf.convert_to_tensor(epsilon, dtype_hint=images.dtype), images.dtype)
+    clean = tf.reshape(images, [rows_count, -1])
+    first_rows = tf.math.unsorted_segment_min(tf.range(rows_count), groups, num_groups)
+    found = tf.gather(clean, first_rows)
+    within = tf.zeros([num_groups], tf.bool)
+    state = dict(x=clean, clean=clean, closest=clean, distance=tf.fill([rows_count], tf.constant(np.inf, images.dtype)),
+                 labels=labels, targets=targets, groups=groups)
+
+    def body(step, s, found, within):
+        x, closest, distance, moved, fooled, moved_distance = _step(
+            model_fn, s["x"], s["clean"], s["labels"], s["targets"], shape[1:], s["closest"], s["distance"],
+            clip_min, clip_max)
+        hit_rows = fooled & (moved_distance <= epsilon)
+        big = tf.int32.max
+        first = tf.math.unsorted_segment_min(tf.where(hit_rows, tf.range(tf.shape(x)[0]), big), s["groups"],
+                                             num_groups)
+        hit = first < big
+        found = tf.tensor_scatter_nd_update(found, tf.where(hit), tf.gather(moved, tf.boolean_mask(first, hit)))
+        within = within | hit
+        s = dict(s, x=x, closest=closest, distance=distance)
+        keep = tf.where(~tf.gather(within, s["groups"]))[:, 0]
+        return step + 1, {key: tf.gather(value, keep) for key, value in s.items()}, found, within
+
+    invariant = lambda t: tf.TensorShape([None]).concatenate(t.shape[1:])  # noqa: E731
+    shapes = (tf.TensorShape([]), {key: invariant(value) for key, value in state.items()}, found.shape, within.shape)
+    _, _, found, within = tf.while_loop(
+        lambda step, s, *_: (step < steps) & (tf.shape(s["x"])[0] > 0), body, (tf.constant(0), state, found, within),
+        shape_invariants=shapes, maximum_iterations=steps)
+    return tf.reshape(found, tf.concat([[num_groups], shape[1:]], 0)), within
 
 
 def accepted(model_fn, images, labels, candidates, epsilon):
@@ -143,17 +199,22 @@ def accepted(model_fn, images, labels, candidates, epsilon):
     return fooled & (distance <= epsilon)
 
 
-def _attack_target(model_fn, images, labels, targets, adversarial, robust, epsilon, steps, clip_min, clip_max):
-    """One target: a `targeted_run` on the still-robust examples; accepted points replace their images."""
+def _attack_targets(model_fn, images, labels, targets, adversarial, robust, epsilon, steps, clip_min, clip_max):
+    """Every target (columns of `targets`) of the still-robust examples in one batched `run_until_broken`;
+    accepted points (a fresh forward pass) replace their images."""
     remaining = tf.where(robust)[:, 0]
+    count = targets.shape[-1]
 
     def run():
+        left = tf.shape(remaining)[0]
+        rows = tf.tile(remaining, [count])  # rank-major: row k * left + j is example j towards target rank k
+        flat_targets = tf.concat([tf.gather(targets[:, rank], remaining) for rank in range(count)], 0)
+        found, _ = run_until_broken(model_fn, tf.gather(images, rows), tf.gather(labels, rows), flat_targets, steps,
+                                    epsilon, tf.tile(tf.range(left), [count]), left, clip_min, clip_max)
         subset, subset_labels = tf.gather(images, remaining), tf.gather(labels, remaining)
-        closest, _ = targeted_run(model_fn, subset, subset_labels, tf.gather(targets, remaining), steps, clip_min,
-                                  clip_max)
-        broken = accepted(model_fn, subset, subset_labels, closest, epsilon)
+        broken = accepted(model_fn, subset, subset_labels, found, epsilon)
         where = tf.boolean_mask(remaining, broken)[:, None]
-        return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(closest, broken)),
+        return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, broken)),
                 tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
 
     # Models need not accept an empty batch.
@@ -161,11 +222,13 @@ def _attack_target(model_fn, images, labels, targets, adversarial, robust, epsil
 
 
 def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD_TARGET_CLASSES, clip_min=0.0,
-           clip_max=1.0):
+           clip_max=1.0, clean_logits=None):
     """FAB-T as in standard AutoAttack: for the k-th highest non-true clean logit, k = 1 ..
-    ``min(target_classes, classes - 1)``, one `targeted_run` on the examples still classified correctly; an
-    example is broken when the run's closest point is misclassified and within ``epsilon`` (L-inf). Runs eagerly
-    and inside ``tf.function``.
+    ``min(target_classes, classes - 1)``, one `targeted_run` of the examples classified correctly; an example is
+    broken when a run's closest point is misclassified and within ``epsilon`` (L-inf). The targets run batched and
+    an example leaves once broken (`run_until_broken`): the verdicts of the reference, which runs the targets in
+    turn, each on the examples no earlier target broke. Runs eagerly and inside ``tf.function``.
+    `clean_logits`: the model's logits on `images`, if already computed.
 
     Returns:
       (adversarial, broken): the images with the broken examples replaced by their adversarial points (inside
@@ -173,7 +236,7 @@ def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD
     """
     images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
     labels = tf.cast(core.as_class_ids(labels), tf.int64)
-    clean_logits = tf.convert_to_tensor(model_fn(images))
+    clean_logits = tf.convert_to_tensor(model_fn(images) if clean_logits is None else clean_logits)
     if clean_logits.shape.rank != 2 or clean_logits.shape[-1] is None:
         raise ValueError(f"FAB needs logits of shape [batch, classes] with a known class count, got shape "
                          f"{clean_logits.shape}")
@@ -181,15 +244,13 @@ def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD
     targets = ranked_targets(clean_logits, labels, count)
     clean_correct = ~core.predicted_wrong(clean_logits, labels)
 
-    def stage(targets_k, adversarial, robust):
-        return _attack_target(model_fn, images, labels, targets_k, adversarial, robust, epsilon, steps, clip_min,
-                              clip_max)
+    def stage(adversarial, robust):
+        return _attack_targets(model_fn, images, labels, targets, adversarial, robust, epsilon, steps, clip_min,
+                               clip_max)
 
     if tf.executing_eagerly():
         stage = tf.function(stage)
-    adversarial, robust = images, clean_correct
-    for rank in range(count):
-        adversarial, robust = stage(targets[:, rank], adversarial, robust)
+    adversarial, robust = stage(images, clean_correct)
     return adversarial, clean_correct & ~robust
 
 
