@@ -44,18 +44,27 @@ class MaskedAttacker:
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
             return self.network(images, training=False)
 
-    def _generate_eagerly(self, images, labels, masks, seed):
-        return attacks.generate(lambda x: self._logits(x, masks), images, labels, self.attack, seed)
+    def _generate_eagerly(self, images, labels, masks, seed, progress=None):
+        return attacks.generate(lambda x: self._logits(x, masks), images, labels, self.attack, seed,
+                                progress=progress)
 
     def _predict_batch(self, images, masks):
         with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
             return tf.argmax(self.network(images, training=False), axis=-1, output_type=tf.int32)
 
-    def generate(self, batches, masks=None):
-        """The adversarial images of every batch of (images, labels), as a list of tensors."""
+    def generate(self, batches, masks=None, progress=None):
+        """The adversarial images of every batch of (images, labels), as a list of tensors. `progress`: optional
+        ``(batch index, component, examples left)`` callback, called by the AutoAttack schedules."""
         masks = self._masks() if masks is None else masks
-        return [self._generate(images, labels, masks, tf.constant([self.seed, index], tf.int64))
-                for index, (images, labels) in enumerate(batches)]
+        found = []
+        for index, (images, labels) in enumerate(batches):
+            seed = tf.constant([self.seed, index], tf.int64)
+            if progress is not None and self._generate == self._generate_eagerly:
+                report = lambda component, left, index=index: progress(index, component, left)  # noqa: E731
+                found.append(self._generate_eagerly(images, labels, masks, seed, progress=report))
+            else:
+                found.append(self._generate(images, labels, masks, seed))
+        return found
 
     def correct(self, images_list, batches, masks=None):
         """A {0, 1} array: does the network classify each of `images_list` as the label in `batches`."""
@@ -73,13 +82,13 @@ class MaskedAttacker:
 class AttackedAccuracy(MaskedAttacker):
     """Accuracy of `network` under `attack` over batches of (images, labels)."""
 
-    def per_example(self, batches):
+    def per_example(self, batches, progress=None):
         """A {0, 1} array: was each example classified correctly both clean and under the attack."""
         masks = self._masks()
         clean = self.clean_correct(batches, masks)
         if self.attack.name == "none":
             return clean
-        return self.correct(self.generate(batches, masks), batches, masks) & clean
+        return self.correct(self.generate(batches, masks, progress), batches, masks) & clean
 
     def __call__(self, batches):
         """Accuracy in [0, 1] over all batches."""

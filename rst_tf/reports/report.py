@@ -34,6 +34,7 @@ class Request:
     transfer: bool = False
     feature_distance: bool = False
     mask_analysis: bool = False
+    progress: bool = False
     command: str = ""
     flags: dict = dataclasses.field(default_factory=dict)
 
@@ -63,7 +64,8 @@ def evaluate_runs(loaded_runs, batches, configs, probes, transfer_config, reques
     for name, (run_dir, network, config) in zip(names, loaded_runs):
         run_log = lambda line, name=name: log(f"[{name}] {line}")  # noqa: E731
         start = time.time()
-        result = suite.evaluate_attacks(network, batches, configs, request.seed, log=run_log)
+        result = suite.evaluate_attacks(network, batches, configs, request.seed, log=run_log,
+                                        progress=request.progress)
         probe_results = []
         if probes:
             run_log("sanity probes")

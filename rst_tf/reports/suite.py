@@ -6,6 +6,7 @@ floats) that can be written as JSON. Every accuracy is honest (an example counts
 classified correctly) and carries its 95% Wilson interval.
 """
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ class AttackSettings:
     bandits_queries: int = 10_000
     autoattack_steps: int = 100
     autoattack_queries: int = 5000
+    malt_targets: int = attacks.AUTOATTACK_FAST_MALT_TARGETS
     eot_draws: int = 20
     cw_l2_steps: int = 1000
     cw_l2_binary_search_steps: int = 5
@@ -46,6 +48,9 @@ def attack_config(name, epsilon, settings=AttackSettings()):
     if name == "autoattack":
         return dataclasses.replace(attacks.autoattack_config(epsilon), steps=settings.autoattack_steps,
                                    max_queries=settings.autoattack_queries)
+    if name == "autoattack_fast":
+        return dataclasses.replace(attacks.autoattack_fast_config(epsilon, settings.malt_targets),
+                                   steps=settings.autoattack_steps)
     if name == "fab_t":
         return dataclasses.replace(attacks.fab_t_config(epsilon), steps=settings.autoattack_steps)
     if name == "square":
@@ -87,6 +92,8 @@ def _config_record(config, network):
     record = dataclasses.asdict(config)
     if config.name == "autoattack":
         record["settings"] = attacks.autoattack_settings(config, int(network.output_shape[-1]))
+    elif config.name == "autoattack_fast":
+        record["settings"] = attacks.autoattack_fast_settings(config, int(network.output_shape[-1]))
     elif config.name == "autoattack_rand":
         record["settings"] = attacks.autoattack_rand_settings(config)
     return record
@@ -99,7 +106,36 @@ def accuracy_record(correct):
     return dict(intervals.with_interval(accuracy, correct.size), correct=[int(c) for c in correct])
 
 
-def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural=None):
+class Progress:
+    """Progress of the attacks of an evaluation: the attack, batch, component, examples left and elapsed time.
+    On a terminal one line rewritten in place (carriage return), otherwise a line per component."""
+
+    def __init__(self, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.label, self.batches, self.start, self.width = "", 0, time.perf_counter(), 0
+
+    def begin(self, label, batches):
+        self.label, self.batches, self.start = label, batches, time.perf_counter()
+
+    def __call__(self, batch, component, left):
+        text = (f"{self.label}: batch {batch + 1}/{self.batches}, {component}, {left} examples left, "
+                f"{time.perf_counter() - self.start:.0f} s")
+        if self.live:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self):
+        if self.live and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.width = 0
+
+
+def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural=None, progress=None):
     """Accuracy of `network` under each attack in `attack_configs` on the same examples.
 
     Returns a dict:
@@ -112,8 +148,10 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural
         classified correctly clean and under every attack;
       worst_case_by_threat: the same per threat model (norm, epsilon), e.g. every L-inf attack at 8/255.
     `log`, if given, is called with one line per finished attack. `natural` (optional): the per-example clean
-    correctness on these batches from an earlier call, so it is not computed again.
+    correctness on these batches from an earlier call, so it is not computed again. `progress`: True for a
+    `Progress` on stderr, or a `Progress`; the AutoAttack schedules report each component of each batch.
     """
+    progress = Progress() if progress is True else (progress or None)
     batches = materialize(batches)
     if natural is None:
         natural = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="none"), seed).per_example(batches)
@@ -121,7 +159,11 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural
     results = []
     for config in attack_configs:
         wall_start, cpu_start = time.perf_counter(), time.process_time()
-        correct = attacked.AttackedAccuracy(network, config, seed).per_example(batches) & natural
+        if progress is not None:
+            progress.begin(threats.attack_label(config), len(batches))
+        correct = attacked.AttackedAccuracy(network, config, seed).per_example(batches, progress) & natural
+        if progress is not None:
+            progress.end()
         result = dict(name=config.name, label=threats.attack_label(config), norm=threats.norm_of(config),
                       epsilon=float(config.epsilon), config=_config_record(config, network), **accuracy_record(correct),
                       seconds=time.perf_counter() - wall_start, cpu_seconds=time.process_time() - cpu_start)

@@ -3,8 +3,8 @@ before importing anything heavy."""
 import dataclasses
 
 L2_ATTACKS = ("pgd_l2", "cw_l2")
-LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack", "fab_t", "apgd_ce", "apgd_dlr",
-                "apgd_t", "square", "autoattack_rand")
+LINF_ATTACKS = ("pgd", "cw_inf", "fgsm", "fgsm_rs", "bandits", "autoattack", "autoattack_fast", "fab_t", "apgd_ce",
+                "apgd_dlr", "apgd_t", "square", "autoattack_rand")
 PGD_LIKE = ("pgd", "cw_inf", "pgd_l2")
 # The budget of the "accuracy near 0" sanity probe (L-inf).
 LARGE_EPSILON = 64 / 255
