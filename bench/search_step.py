@@ -3,7 +3,9 @@
     python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla] [--mixed_precision]
 
 Both use `SearchModel.replica_step` (one code path) inside tf.function, interleaved on the same batch. Reports
-medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak. Results: docs/search_step.json
+medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak, counting the FLOPs a PGD step needs
+(see `step_flops`; the cruder count of a full backward pass per attack iteration is reported beside it). Results:
+docs/search_step.json
 (with --xla: docs/search_step_xla.json; with --mixed_precision, the same steps also built under Keras's
 mixed_bfloat16 policy: docs/search_step_mixed_precision.json).
 """
@@ -30,6 +32,34 @@ def forward_flops(model, batch):
     options = option_builder.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     return model_analyzer.profile(concrete.graph, options=options).total_float_ops
+
+
+def step_flops(forward, attack_steps):
+    """FLOPs of one PGD-k training step from those of one forward pass: (needed, every pass with a full backward).
+
+    An attack iteration needs the gradient to the input only: a forward pass and a backward pass through the
+    activations (~1 forward each), no weight gradients. The update is a forward pass and a full backward pass (input
+    and weight gradients, ~2 forwards). So (2k + 3) forwards, 17 for PGD-7; counting a full backward pass for every
+    iteration gives 3(k + 1), 24 for PGD-7."""
+    return (2 * attack_steps + 3) * forward, 3 * (attack_steps + 1) * forward
+
+
+def flop_figures(forward_gflop, attack_steps, median_seconds, peak_gflops):
+    """The step's FLOP counts and achieved fractions of the fp32 peak; `fraction_of_peak` uses the needed count."""
+    needed, full_backward = step_flops(forward_gflop, attack_steps)
+    return {
+        "forward_gflop": forward_gflop,
+        "step_gflop": needed,
+        "step_gflop_full_backward": full_backward,
+        "flop_count": f"step_gflop: {2 * attack_steps + 3} forwards (each attack iteration a forward and a backward "
+                      f"pass to the input, the update a forward and a full backward pass); step_gflop_full_backward: "
+                      f"{3 * (attack_steps + 1)} forwards (a full backward pass in every iteration). fraction_of_peak "
+                      f"and floor_seconds_at_peak use step_gflop.",
+        "floor_seconds_at_peak": needed / peak_gflops,
+        "fraction_of_peak": {name: needed / seconds / peak_gflops for name, seconds in median_seconds.items()},
+        "fraction_of_peak_full_backward": {name: full_backward / seconds / peak_gflops
+                                           for name, seconds in median_seconds.items()},
+    }
 
 
 def make_step(mode, width, steps, xla, policy="float32"):
@@ -69,17 +99,13 @@ def main():
         name = f"{mode}{'_xla' if xla else ''}{'_bf16' if policy != 'float32' else ''}"
         functions[name] = (lambda s: lambda: float(s(images, labels)["loss"]))(step)
     medians, samples = common.interleaved_medians(functions, args.repeats)
-    # A PGD-k step is k+1 forward and backward passes (backward ~ 2x forward) plus the update.
-    step_flops = 3 * flops * (args.steps + 1)
+    peak = common.cpu_peak_gflops()
     results = {
         "what": f"ResNet18 PGD-{args.steps} training step: RST search vs dense adversarial training",
         "width_multiplier": args.width, "batch": args.batch, "attack_steps": args.steps, "repeats": args.repeats,
         "median_seconds": medians, "samples": samples,
         "rst_over_dense_at": medians["rst"] / medians["dense_at"],
-        "step_gflop": step_flops / 1e9,
-        "floor_seconds_at_peak": step_flops / 1e9 / common.cpu_peak_gflops(),
-        "fraction_of_peak": {name: step_flops / 1e9 / seconds / common.cpu_peak_gflops()
-                             for name, seconds in medians.items()},
+        **flop_figures(flops / 1e9, args.steps, medians, peak),
         "machine": common.machine(),
     }
     if args.xla:
@@ -88,7 +114,8 @@ def main():
         results["bf16_over_float32"] = {mode: medians[f"{mode}_bf16"] / medians[mode] for mode in ("rst", "dense_at")}
     name = "search_step_xla" if args.xla else "search_step_mixed_precision" if args.mixed_precision else "search_step"
     print(common.write_results(name, results))
-    for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "floor_seconds_at_peak", "fraction_of_peak"):
+    for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "step_gflop_full_backward",
+                "floor_seconds_at_peak", "fraction_of_peak", "fraction_of_peak_full_backward"):
         print(key, results[key])
 
 
