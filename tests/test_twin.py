@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import rst_tf
 from rst_tf import networks
+from rst_tf.attacks import core as attack_core
 from rst_tf.method import layers, masking, twin
 
 
@@ -79,13 +80,53 @@ def test_seed_fixes_the_weights():
     (keras.layers.SeparableConv2D(4, 3), "SeparableConv2D"),
     (keras.layers.Conv2D(4, 3, dilation_rate=2), "dilation"),
     (keras.layers.Conv2D(4, (3, 1)), "kernel size"),
-    (keras.layers.Conv2D(4, 3, activation="relu"), "activation 'relu'"),
 ])
 def test_unsupported_layers_are_refused_by_name(layer, message):
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, layer(inputs))
     with pytest.raises(ValueError, match=f"layer '{layer.name}'.*{message}"):
         twin.masked_twin(model, 0.5)
+
+
+def test_activations_become_layers_of_their_own_and_a_softmax_head_is_left_out():
+    """A Sequential model with a ReLU convolution and a softmax classifier: each activation follows its masked layer;
+    the twin returns the logits, and with logits=False the probabilities from its own softmax layer."""
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                              keras.layers.Flatten(), keras.layers.Dense(5, activation="softmax", name="head")])
+    masked, whole = (twin.masked_twin(model, 0.5, seed=1, logits=logits) for logits in (True, False))
+    assert [type(layer).__name__ for layer in whole.layers[1:]] == [
+        "MaskedConv2D", "Activation", "Flatten", "MaskedDense", "Activation"]
+    assert [layer.name for layer in whole.layers if isinstance(layer, keras.layers.Activation)] == [
+        "conv_relu", "head_softmax"]
+    assert masked.layers[-1].name == "head" and masked.output.shape == (None, 5)
+    images = tf.random.stateless_uniform([3, 6, 6, 3], seed=[1, 1])
+    assert np.all(whole.get_layer("conv_relu")(whole.get_layer("conv")(images)).numpy() >= 0)
+    np.testing.assert_allclose(tf.nn.softmax(masked(images)).numpy(), whole(images).numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_resnet50_as_keras_ships_it_gives_attacks_logits():
+    """keras.applications.ResNet50 with its default arguments but weights=None (224x224 images, 1000 classes,
+    classifier_activation="softmax"): the classifier's logits pass through a separate softmax layer, which the
+    default twin leaves out, so an attack's loss and gradient are those of the logits, not of the probabilities."""
+    model = keras.applications.ResNet50(weights=None)
+    masked = twin.masked_twin(model, remaining_ratio=0.1, seed=3)
+    whole = twin.masked_twin(model, remaining_ratio=0.1, seed=3, logits=False)
+    head = whole.layers[-1]
+    assert isinstance(head, keras.layers.Activation) and head.name == "predictions_softmax"
+    assert head.input is whole.get_layer("predictions").output and isinstance(masked.layers[-1], layers.MaskedDense)
+    assert masked.output.shape == (None, 1000) and masked.layers[-1].name == "predictions"
+
+    images = tf.random.stateless_uniform([1, 224, 224, 3], seed=[7, 8], maxval=255)
+    labels = tf.constant([3])
+    loss, gradient, logits = attack_core.loss_gradient_logits(masked, images, labels)
+    probabilities = whole(images).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    assert np.any(logits.numpy() < 0) and not np.allclose(logits.numpy().sum(axis=-1), 1.0)
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), probabilities, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(loss.numpy(), -np.log(probabilities[:, 3]), rtol=1e-4)  # cross-entropy of the logits
+    _, gradient_of_probabilities, _ = attack_core.loss_gradient_logits(whole, images, labels)
+    scale = np.abs(gradient.numpy()).max()
+    assert scale > 0 and np.abs(gradient_of_probabilities.numpy()).max() < scale / 10
 
 
 def test_keras_network_name_builds_the_twin_behind_the_input_normalisation(resnet50_twin):
