@@ -53,6 +53,16 @@ flags.DEFINE_string("report", "docs/reproduction.md", "The markdown report (figu
                     "figures as JSON in <report>.json).")
 flags.DEFINE_bool("dry_run", False, "Print the runs in order (name, folder, mode, init_from) and stop.")
 flags.DEFINE_bool("progress", False, "Show a progress bar in every run.")
+flags.DEFINE_enum("study", "paper", ["paper", "scaling"], "paper: the paper's settings at one width (above); "
+                  "scaling: dense AT and an RST sweep over --remaining_ratios at each of --widths and --seeds "
+                  "(docs/scaling.md).")
+flags.DEFINE_list("widths", ["0.0625", "0.125", "0.25"], "Width multipliers of the scaling study, increasing.")
+flags.DEFINE_string("cost_model", "docs/scaling_pilot.json", "The pilot's measured costs, from which --dry_run "
+                    "estimates the scaling study's CPU minutes.")
+flags.DEFINE_integer("study_test_examples", 10000, "Scaling study: test images of its evaluation (the runs' "
+                     "own test reports use --test_examples).")
+flags.DEFINE_enum("stop_after", "report", ["train", "evaluate", "report"], "Scaling study: stop after training "
+                  "the runs, after evaluating them, or run the whole study.")
 flags.DEFINE_enum("pgd_protocol", "standard", ["standard", "paper"], "PGD of the robust accuracies: standard (step "
                   "ε/4, no early stop) or paper (the official RST test code: step 2/255, an example stops once "
                   "misclassified). The transfer matrix and R2S are measured under both.")
@@ -68,6 +78,9 @@ def main(argv):
     from rst_tf.study import reproduce
 
     config = config_from_flags()
+    if FLAGS.study == "scaling":
+        _scaling(config)
+        return
     ratios = [float(value) for value in FLAGS.remaining_ratios]
     epsilons = [float(value) for value in FLAGS.eval_epsilons]
     with common.clear_errors():
@@ -98,6 +111,62 @@ def main(argv):
         print(f"{row['verdict']}: {row['section']} {row['claim']}{protocol}: {100 * row['estimate']:+.1f} points "
               f"[{100 * low:+.1f}, {100 * high:+.1f}]")
     print(f"wrote {FLAGS.report}")
+
+
+def _scaling(config):
+    from rst_tf.study import scaling
+
+    with common.clear_errors():
+        seeds = [int(value) for value in FLAGS.seeds]
+        ratios = [float(value) for value in FLAGS.remaining_ratios]
+        try:
+            widths = scaling.check_widths(FLAGS.widths)
+        except ValueError as error:
+            common.fail(f"--widths: {error}")
+        try:
+            scaling.check_seeds(seeds)
+        except ValueError as error:
+            common.fail(f"--seeds: {error}")
+        planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
+        if FLAGS.dry_run:
+            for width, seed, step in scaling.running_order(planned):
+                ratios_text = ",".join(f"{r:g}" for r in step.remaining_ratios) or "-"
+                print(f"width {width:g}\tseed {seed}\t{step.name}\t{step.output_dir}\tmode={step.config.mode}\t"
+                      f"ratios={ratios_text}")
+            _print_cost(scaling, planned, config, ratios)
+            return
+        if not os.path.isdir(config.data_dir or "."):
+            common.fail(f"--data_dir {config.data_dir} is not a folder")
+        command = " ".join(shlex.quote(arg) for arg in ["bin/reproduce", *sys.argv[1:]])
+        results = scaling.run(config, widths, ratios, FLAGS.output_dir, FLAGS.report, seeds,
+                              test_examples=FLAGS.study_test_examples, epsilon=float(FLAGS.eval_epsilons[0]),
+                              command=command, batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
+                              stop_after=FLAGS.stop_after)
+        common.write_flags(FLAGS.output_dir)
+    if results is None:
+        print(f"stopped after: {FLAGS.stop_after}")
+        return
+    for row in results["claims"]:
+        low, high = row["interval"]
+        print(f"{row['verdict']}: {row['section']}: {row['claim']}: {100 * row['estimate']:+.1f} points "
+              f"[{100 * low:+.1f}, {100 * high:+.1f}]")
+    print(f"wrote {FLAGS.report}")
+
+
+def _print_cost(scaling, planned, config, ratios):
+    import json
+
+    if not os.path.isfile(FLAGS.cost_model):
+        print(f"no cost model: --cost_model {FLAGS.cost_model} is not a file")
+        return
+    with open(FLAGS.cost_model) as handle:
+        cost = scaling.CostModel(**json.load(handle)["cost_model"])
+    found = scaling.estimate(cost, planned, config.train_examples, config.epochs, FLAGS.study_test_examples,
+                             len(ratios))
+    widths = ", ".join(f"{w}: {m:.0f}" for w, m in found["per_width"].items())
+    print(f"cost model ({FLAGS.cost_model}): training {found['train_cpu_minutes']:.0f} + evaluation "
+          f"{found['eval_cpu_minutes']:.0f} = {found['total_cpu_minutes']:.0f} CPU minutes (budget "
+          f"{found['budget_cpu_minutes']:.0f}); by width: {widths}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def test_seeds_that_differ_on_every_image_alike_give_the_t_interval_over_seeds()
     assert found["per_seed"] == pytest.approx(seed_means)
 
 
-def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time():
+def test_the_interval_covers_the_true_difference_at_least_95_percent_of_the_time():
     rng = np.random.default_rng(1)
     true_difference, covered, trials = 0.03, 0, 400
     for _ in range(trials):
@@ -45,7 +45,7 @@ def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time():
             per_seed.append([(1.0, first), (-1.0, second)])
         low, high = contrasts.contrast(per_seed)["interval"]
         covered += low <= true_difference <= high
-    assert 0.91 <= covered / trials <= 0.995
+    assert covered / trials >= 0.95  # each seed on its own images: the rule errs on the wide side
 
 
 def test_offset_shifts_the_estimate_and_one_seed_has_no_interval():
@@ -67,3 +67,31 @@ def test_terms_must_cover_the_same_images():
     ((0.02, 0.05), "<", 0.0352, "undecided at this scale")])
 def test_verdicts_follow_the_side_of_the_margin(interval, direction, margin, expected):
     assert contrasts.verdict(interval, direction, margin) == expected
+
+
+def _coverage(num_seeds, spread_ratio, trials, num_examples=400, seed=2):
+    """How often the interval covers the true difference when every seed is measured on one shared sample of test
+    images and the seeds' own accuracies spread `spread_ratio` times the test standard error of the difference."""
+    rng = np.random.default_rng(seed)
+    first_accuracy, second_accuracy = 0.30, 0.32
+    test_se = math.sqrt((first_accuracy * (1 - first_accuracy) + second_accuracy * (1 - second_accuracy))
+                        / num_examples)
+    covered = 0
+    for _ in range(trials):
+        difficulty = rng.random(num_examples)  # shared images: the two models tend to fail on the same ones
+        per_seed = []
+        for shift in rng.normal(0, spread_ratio * test_se, num_seeds):
+            own = lambda: np.where(rng.random(num_examples) < 0.7, difficulty, rng.random(num_examples))  # noqa
+            per_seed.append([(1.0, own() < first_accuracy + shift), (-1.0, own() < second_accuracy)])
+        low, high = contrasts.contrast(per_seed)["interval"]
+        covered += low <= first_accuracy - second_accuracy <= high
+    return covered / trials
+
+
+@pytest.mark.parametrize("num_seeds", [3, 4])
+def test_few_seeds_whose_spread_dominates_are_covered_at_least_93_percent(num_seeds):
+    assert _coverage(num_seeds, spread_ratio=3.0, trials=1500) >= 0.93
+
+
+def test_test_sampling_alone_is_covered_at_least_95_percent():
+    assert _coverage(3, spread_ratio=0.0, trials=600) >= 0.95

@@ -24,19 +24,23 @@ def checkpoint_of(config):
 
 
 class TestSets:
-    """The study's test batches per task (class subset), drawn once with `test_seed` whatever the run's seed."""
+    """The study's test batches per task (class subset), drawn once with `test_seed` whatever the run's seed;
+    `test_examples` (if given) replaces every run's own test size."""
 
-    def __init__(self, data_dir, batch_size, test_seed):
+    def __init__(self, data_dir, batch_size, test_seed, test_examples=None):
         self.data_dir, self.batch_size, self.test_seed = data_dir, int(batch_size), int(test_seed)
+        self.test_examples = test_examples  # None: each run's own config.test_examples
         self._by_task = {}
 
     def batches(self, config):
         from rst_tf import data
         from rst_tf.reports import suite
 
-        key = (tuple(config.class_subset), config.dataset, config.test_examples)
+        test_examples = config.test_examples if self.test_examples is None else self.test_examples
+        key = (tuple(config.class_subset), config.dataset, test_examples)
         if key not in self._by_task:
-            chosen = dataclasses.replace(config, data_dir=self.data_dir or config.data_dir, seed=self.test_seed)
+            chosen = dataclasses.replace(config, data_dir=self.data_dir or config.data_dir, seed=self.test_seed,
+                                         test_examples=test_examples)
             splits = build.load_data(chosen)
             self._by_task[key] = suite.materialize(data.eval_batches(splits.test, self.batch_size))
         return self._by_task[key]
@@ -135,3 +139,27 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     report["num_examples"] = int(natural.size)
     run_files.write_json(cache_path, report)
     return report
+
+
+def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print):
+    """Each attack of the registry named in `wanted` ({run_dir: [attack name]}) at ε/255 on that run's checkpoint
+    (`checkpoint_of`), on the study's test set. Returns {run_dir: {attack: {accuracy, correct (packed), interval,
+    num_examples, seconds, cpu_seconds}}}, cached in `cache_path` per run and attack."""
+    from rst_tf.reports import suite
+
+    cache = run_files.read_json(cache_path)
+    for run_dir, names in wanted.items():
+        for name in names:
+            cached = cache.get(run_dir, {}).get(name, {})
+            if cached.get("test_seed") == test_sets.test_seed and cached.get("epsilon") == float(epsilon):
+                continue
+            network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
+            attack = suite.attack_config(name, epsilon / 255)
+            result = suite.evaluate_attacks(network, test_sets.batches(config), [attack], seed=seed)["attacks"][0]
+            cache.setdefault(run_dir, {})[name] = {
+                "accuracy": result["accuracy"], "interval": result["interval"], "correct": contrasts.pack(
+                    result["correct"]), "num_examples": result["num_examples"], "seconds": result["seconds"],
+                "cpu_seconds": result["cpu_seconds"], "epsilon": float(epsilon), "test_seed": test_sets.test_seed}
+            log(f"{name} of {run_dir}: {result['accuracy']:.4f} ({result['cpu_seconds'] / 60:.1f} CPU min)")
+            run_files.write_json(cache_path, cache)
+    return {run_dir: {name: cache[run_dir][name] for name in names} for run_dir, names in wanted.items()}

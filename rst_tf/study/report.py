@@ -144,8 +144,8 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "",
              f"Verdicts: each claim is a difference between settings, formed per seed (seeds {', '.join(map(str, seeds))}) "
              "from per-example results on the shared test images. Its 95% interval combines the seeds' disagreement "
-             "(sample variance of the per-seed differences) and test-set sampling (variance over images of the "
-             "seed-mean difference), with Student's t at the Welch-Satterthwaite degrees of freedom "
+             "(sample variance of the per-seed differences, Student's t at S - 1 degrees of freedom) and test-set "
+             "sampling (variance over images of the seed-mean difference), added in quadrature "
              "(`rst_tf/measuring/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
              "## Claims", "", _verdict_counts(claim_rows), "",

@@ -1,0 +1,314 @@
+"""The scaling study's claims, figures and report.
+
+Every claim is a contrast over the seeds on the one shared test set (`evaluation.contrasts`): per width, RST at 20%
+minus dense AT (robust and natural), the RST above chance, R2S minus its best single ticket, and R2S under the
+adaptive attacks (EOT, Ensemble) minus dense AT; across widths, the least-squares slope of (RST - dense AT)
+against log2(width), formed per seed as a weighted sum of per-example results, so the seeds are its replicates.
+"""
+import collections
+import math
+import os
+
+import numpy as np
+
+from rst_tf.measuring import contrasts
+
+CLOSE_POINTS = 3.0
+CHANCE = 0.1
+PROTOCOLS = ("standard", "paper")
+PROTOCOL_TEXT = {"standard": "step ε/4, random start, no early stop",
+                 "paper": "step 2/255, random start, an example stops being attacked once misclassified (the "
+                          "official RST test code)"}
+PAPER_PROTOCOL_NOTE = ("the paper's PGD stops attacking an example as soon as one draw of the randomised model "
+                       "misclassifies it, which flatters R2S")
+
+
+class Measured:
+    """Per-example results of the study by (width, seed): `correct(width, seed, run, protocol)`, where `run` is
+    "dense_at" or a remaining ratio, `protocol` a PGD protocol, "natural", or "worst" (robust under every attack
+    measured on that run: PGD under both protocols and any AutoAttack)."""
+
+    def __init__(self, planned, measured, epsilon):
+        self.planned, self.measured, self.key = planned, measured, f"{epsilon:g}"
+        self.widths = sorted({width for width, _ in planned})
+        self.seeds = sorted({seed for _, seed in planned}, key=[seed for _, seed in planned].index)
+        rst = next(step for step in planned[self.widths[0], self.seeds[0]] if step.name == "rst")
+        self.ratios = tuple(rst.remaining_ratios)
+        self.ratio = min(self.ratios, key=lambda r: abs(r - 0.2))
+
+    def run_dir(self, width, seed, run):
+        dense, rst = self.planned[width, seed]
+        return dense.output_dir if run == "dense_at" else rst.run_dirs()[list(rst.remaining_ratios).index(run)]
+
+    def correct(self, width, seed, run, protocol):
+        run_dir = self.run_dir(width, seed, run)
+        evaluation = self.measured["evaluation"]
+        if protocol == "natural":
+            return evaluation["standard"][run_dir]["natural_correct"]
+        if protocol in PROTOCOLS:
+            return evaluation[protocol][run_dir]["robust_correct"][self.key]
+        rows = [contrasts.unpack(evaluation[p][run_dir]["robust_correct"][self.key]) for p in PROTOCOLS]
+        if self.has_autoattack():
+            rows += [contrasts.unpack(entry["correct"])
+                     for entry in self.measured["autoattack"].get(run_dir, {}).values()]
+        return np.minimum.reduce(rows)
+
+    def autoattack_names(self, run_dir):
+        return sorted(self.measured["autoattack"].get(run_dir, {}))
+
+    def has_autoattack(self):
+        """Whether an AutoAttack was measured on every run that the claims compare."""
+        return all(self.autoattack_names(self.run_dir(w, s, run)) for w in self.widths for s in self.seeds
+                   for run in ("dense_at", self.ratio))
+
+    def r2s(self, width, seed, protocol):
+        return self.measured["r2s"][width, seed, protocol]
+
+
+def _row(section, claim, rule_text, direction, margin, terms_by_seed, offset=0.0, note="", **extra):
+    found = contrasts.contrast(terms_by_seed, offset=offset)
+    return {"section": section, "claim": claim, "rule": f"{rule_text} {direction} {100 * margin:+g} points",
+            "estimate": found["estimate"], "interval": found["interval"], "per_seed": found["per_seed"],
+            "seed_sd": found["seed_sd"], "test_se": found["test_se"], "num_seeds": found["num_seeds"],
+            "verdict": contrasts.verdict(found["interval"], direction, margin), "note": note, **extra}
+
+
+def _robust_label(results, protocol):
+    if protocol == "worst":
+        return "worst case of PGD-20 (both protocols)" + (" and AutoAttack" if results.has_autoattack() else "")
+    return f"PGD-20, {protocol} protocol"
+
+
+def width_claims(results, width):
+    """The claims at one width."""
+    seeds, ratio = results.seeds, results.ratio
+    rows = []
+    robust_protocols = ["standard", "paper", "worst"]
+    for protocol in robust_protocols:
+        rows.append(_row(
+            f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, robust "
+            f"({_robust_label(results, protocol)})", "RST minus dense AT", ">", -CLOSE_POINTS / 100,
+            [[(1.0, results.correct(width, s, ratio, protocol)), (-1.0, results.correct(width, s, "dense_at", protocol))]
+             for s in seeds], width=width, kind="rst_minus_dense_robust", protocol=protocol))
+    rows.append(_row(
+        f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, natural",
+        "RST minus dense AT", ">", -CLOSE_POINTS / 100,
+        [[(1.0, results.correct(width, s, ratio, "natural")), (-1.0, results.correct(width, s, "dense_at", "natural"))]
+         for s in seeds], width=width, kind="rst_minus_dense_natural", protocol="natural"))
+    strongest = robust_protocols[-1]
+    rows.append(_row(
+        f"width {width:g}", f"RST at {ratio:g} is robust above chance ({_robust_label(results, strongest)})",
+        "robust accuracy minus 10%", ">", 0.0, [[(1.0, results.correct(width, s, ratio, strongest))] for s in seeds],
+        offset=CHANCE, width=width, kind="rst_above_chance", protocol=strongest))
+    for protocol in PROTOCOLS:
+        note = PAPER_PROTOCOL_NOTE if protocol == "paper" else ""
+        terms = []
+        for s in seeds:
+            report = results.r2s(width, s, protocol)
+            best = max(report["tickets"], key=lambda row: row["attacked"])
+            terms.append([(1.0, report["r2s_correct"]["vanilla"]), (-1.0, best["attacked_correct"])])
+        rows.append(_row(f"width {width:g}", f"R2S beats its best single ticket under the vanilla attack "
+                         f"({_robust_label(results, protocol)})", "R2S minus best single ticket", ">", 0.0, terms,
+                         note=note, width=width, kind="r2s_minus_best_single", protocol=protocol))
+        for kind, label in (("eot", "EOT over all tickets"), ("ensemble", "the Ensemble attack")):
+            rows.append(_row(
+                f"width {width:g}", f"R2S under {label} beats dense AT (Table 5; {_robust_label(results, protocol)})",
+                f"R2S ({kind}) minus dense AT", ">", 0.0,
+                [[(1.0, results.r2s(width, s, protocol)["r2s_correct"][kind]),
+                  (-1.0, results.correct(width, s, "dense_at", protocol))] for s in seeds],
+                note=note, width=width, kind=f"r2s_{kind}_minus_dense", protocol=protocol))
+    return rows
+
+
+def slope_weights(widths):
+    """Least-squares weights c_w with slope = sum_w c_w y_w of y against log2(width)."""
+    x = np.log2(np.asarray(widths, float))
+    centred = x - x.mean()
+    return centred / float((centred ** 2).sum())
+
+
+def trend_claims(results):
+    """The slope of (RST - dense AT) against log2(width), robust and natural, per seed, as one contrast."""
+    if len(results.widths) < 2:
+        return []
+    weights = slope_weights(results.widths)
+    protocols = ["standard", "worst", "natural"]
+    rows = []
+    for protocol in protocols:
+        terms = [[term for weight, width in zip(weights, results.widths) for term in (
+            (float(weight), results.correct(width, s, results.ratio, protocol)),
+            (-float(weight), results.correct(width, s, "dense_at", protocol)))] for s in results.seeds]
+        label = "natural accuracy" if protocol == "natural" else _robust_label(results, protocol)
+        rows.append(_row("trend", f"The gap RST at {results.ratio:g} minus dense AT grows with width ({label})",
+                         "slope of (RST - dense AT) per doubling of width", ">", 0.0, terms, kind="trend",
+                         protocol=protocol))
+    return rows
+
+
+def claims(results):
+    rows = [row for width in results.widths for row in width_claims(results, width)]
+    return rows + trend_claims(results)
+
+
+def accuracy_table(results):
+    """{width: {run label: {natural, robust by protocol: {estimate, interval, per_seed}}}} (means over seeds)."""
+    table = {}
+    runs = [("dense AT", "dense_at")] + [(f"RST {r:g}", r) for r in results.ratios]
+    protocols = ["natural", *PROTOCOLS, "worst"]
+    for width in results.widths:
+        table[f"{width:g}"] = {}
+        for label, run in runs:
+            entry = {}
+            for protocol in protocols:
+                found = contrasts.mean_accuracy([results.correct(width, s, run, protocol) for s in results.seeds])
+                entry[protocol] = {key: found[key] for key in ("estimate", "interval", "per_seed")}
+            table[f"{width:g}"][label] = entry
+        for kind in ("vanilla", "eot", "ensemble"):
+            for protocol in PROTOCOLS:
+                found = contrasts.mean_accuracy([results.r2s(width, s, protocol)["r2s_correct"][kind]
+                                                 for s in results.seeds])
+                table[f"{width:g}"].setdefault(f"R2S {kind}", {})[protocol] = {
+                    key: found[key] for key in ("estimate", "interval", "per_seed")}
+    return table
+
+
+def gap_figure(results, rows, path):
+    """Accuracy by width (dense AT and the RST of the claims, natural and robust) and the RST - dense AT gap with
+    its 95% interval, against width on a log2 axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths = results.widths
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for run, label, color in (("dense_at", "dense AT", "black"), (results.ratio, f"RST {results.ratio:g}", "C0")):
+        for protocol, style in (("natural", ":"), ("standard", "-")):
+            found = [contrasts.mean_accuracy([results.correct(w, s, run, protocol) for s in results.seeds])
+                     for w in widths]
+            _bars(left, widths, found, 100.0, f"{label} {'natural' if protocol == 'natural' else 'PGD-20'}",
+                  color, style)
+    left.set_ylabel("accuracy (%)")
+    left.set_title("accuracy by width (mean of seeds, 95% interval)")
+    for protocol, color in (("standard", "C0"), ("natural", "C2"), ("worst", "C3")):
+        found = [row for row in rows if row["kind"] in ("rst_minus_dense_robust", "rst_minus_dense_natural")
+                 and row["protocol"] == protocol]
+        if found:
+            label = {"standard": "robust (PGD-20)", "natural": "natural", "worst": "robust (worst case)"}[protocol]
+            _bars(right, widths, found, 100.0, label, color, "-")
+    right.axhline(-CLOSE_POINTS, color="gray", linestyle="--", label=f"-{CLOSE_POINTS:g} points")
+    right.axhline(0, color="black", linewidth=0.5)
+    right.set_ylabel("RST minus dense AT (points)")
+    right.set_title("the gap against width")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [f"1/{round(1 / w)}" if w < 1 else f"{w:g}" for w in widths])
+        ax.set_xlabel("width multiplier of ResNet18")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _bars(ax, widths, found, scale, label, color, style):
+    estimates = np.array([row["estimate"] for row in found]) * scale
+    low = np.array([row["interval"][0] for row in found]) * scale
+    high = np.array([row["interval"][1] for row in found]) * scale
+    ax.errorbar(widths, estimates, yerr=[estimates - low, high - estimates], label=label, color=color,
+                linestyle=style, marker="o", capsize=3)
+
+
+def _points(value, interval=None):
+    text = f"{100 * value:+.1f}"
+    if interval is None or any(math.isnan(v) for v in interval):
+        return text
+    return f"{text} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
+
+
+def _pct(entry):
+    low, high = entry["interval"]
+    if math.isnan(low):
+        return f"{100 * entry['estimate']:.1f}%"
+    return f"{100 * entry['estimate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _verdict_counts(rows):
+    counts = collections.Counter(row["verdict"] for row in rows)
+    return f"Of {len(rows)} claims: " + ", ".join(f"{counts[v]} {v}" for v in contrasts.VERDICTS) + "."
+
+
+def markdown(command, scale, rows, table, figure_file, times, notes):
+    lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "",
+             "Command:", "", "```sh", command, "```", "",
+             "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
+    lines += notes + ["", "## Claims", "", _verdict_counts(rows), "",
+                      "| where | claim | rule | difference, points [95% interval] | per seed | verdict |",
+                      "|---|---|---|---|---|---|"]
+    for row in rows:
+        per_seed = ", ".join(f"{100 * v:+.1f}" for v in row["per_seed"])
+        claim = row["claim"] + (f" ({row['note']})" if row["note"] else "")
+        lines.append(f"| {row['section']} | {claim} | {row['rule']} | {_points(row['estimate'], row['interval'])} "
+                     f"| {per_seed} | {row['verdict']} |")
+    lines += ["", "## Accuracy by width (mean of the seeds [95% interval])", ""]
+    columns = ["natural", "standard", "paper", "worst"]
+    titles = {"natural": "natural", "standard": "PGD-20 standard", "paper": "PGD-20 paper",
+              "worst": "worst case (PGD both protocols, + AutoAttack where measured)"}
+    lines += ["| width | model | " + " | ".join(titles[c] for c in columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for width, models in table.items():
+        for label, entry in models.items():
+            cells = [_pct(entry[c]) if c in entry else "-" for c in columns]
+            lines.append(f"| {width} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"![RST minus dense AT against width]({figure_file})", ""]
+    if times:
+        lines += ["## Run times", "", "| run | wall min | CPU min | resumed |", "|---|---|---|---|"]
+        for run_dir, row in times.items():
+            lines.append(f"| {run_dir} | {row['wall_seconds'] / 60:.1f} | {row['cpu_seconds'] / 60:.1f} | "
+                         f"{'yes' if row['resumed'] else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(planned, measured, times, config, report_path, command, epsilon, test_examples):
+    """The report at `report_path`, its figure in <report>_figures/gap.png, and <report>.json (widths, seeds,
+    test_examples, claims: [{claim, estimate, interval, verdict, ...}], accuracy, scale)."""
+    from rst_tf.training import run_dir as run_files
+
+    results = Measured(planned, measured, epsilon)
+    rows = claims(results)
+    table = accuracy_table(results)
+    stem = os.path.splitext(report_path)[0]
+    figure_path = gap_figure(results, rows, os.path.join(stem + "_figures", "gap.png"))
+    relative = os.path.relpath(figure_path, os.path.dirname(os.path.abspath(report_path)) or ".")
+    scale = {"network": f"{config.network} at widths " + ", ".join(f"{w:g}" for w in results.widths),
+             "train images": config.train_examples, "validation images": config.validation_examples,
+             "epochs": config.epochs, "batch size": config.batch_size,
+             "search attack": f"{config.attack}-{config.attack_steps} at {round(config.epsilon * 255, 2):g}/255",
+             "remaining ratios": ", ".join(f"{r:g}" for r in results.ratios),
+             "seeds": ", ".join(map(str, results.seeds)), "test images": test_examples}
+    notes = [
+        f"Robust accuracy: PGD-20 at {epsilon:g}/255 of each run's best checkpoint (validation PGD accuracy on held-out "
+        "training images), on one test set shared by every run and seed; an example counts as robust only if its "
+        "clean image is classified correctly too. Protocols: " + "; ".join(
+            f"{name}: {text}" for name, text in PROTOCOL_TEXT.items()) + ". The worst case counts an example as "
+        "robust only if it survives every attack measured on it.",
+        "",
+        "R2S: one ticket per sample drawn uniformly from the RSTs of one random network, attacked by the vanilla "
+        "attack (a fresh draw per attack step), by EOT (the loss averaged over every ticket) and by the Ensemble "
+        f"attack (the averaged logits). Under the paper protocol {PAPER_PROTOCOL_NOTE}: its R2S verdicts are given "
+        "under the standard protocol as well.",
+        "",
+        "Verdicts: each claim is a difference formed per seed from per-example results on the shared test images. "
+        "Its 95% interval adds the seeds' disagreement (Student t at S - 1 degrees of freedom) and test-set sampling "
+        "in quadrature (`contrasts.contrast`); a trend is the least-squares slope against log2(width) formed per "
+        "seed, so the seeds are its replicates. \"holds\": the interval lies on the claim's side of its margin; "
+        "\"does not hold\": wholly on the other side; else \"undecided at this scale\"."]
+    text = markdown(command, scale, rows, table, relative, times, notes)
+    os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+    run_files.write_text(report_path, text)
+    found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
+             "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
+             "scale": scale, "claims": rows, "accuracy": table, "run_times": times}
+    run_files.write_json(stem + ".json", found)
+    return found

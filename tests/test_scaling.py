@@ -1,0 +1,186 @@
+"""The scaling study: its plan and running order, bad input, the cost model, the claims (per width and the trend
+across widths) from per-example results, and evaluation + report on stand-in runs."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rst_tf.study import scaling, scaling_report
+from rst_tf.measuring import contrasts
+from rst_tf.training.config import SearchConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTHS = (0.0625, 0.125, 0.25)
+RATIOS = (0.05, 0.1, 0.2)
+
+
+def test_plan_runs_dense_at_at_every_width_first_then_the_rst_sweeps_seed_by_seed(tmp_path):
+    planned = scaling.plan(SearchConfig(epochs=1), WIDTHS, RATIOS, str(tmp_path), (0, 1, 2))
+    order = [(width, seed, step.name) for width, seed, step in scaling.running_order(planned)]
+    assert order[:6] == [(w, 0, "dense_at") for w in WIDTHS] + [(w, 0, "rst") for w in WIDTHS]
+    assert [seed for _, seed, _ in order] == [0] * 6 + [1] * 6 + [2] * 6
+    dense, rst = planned[0.125, 2]
+    assert dense.output_dir == str(tmp_path / "width_0.125" / "seed_2" / "dense_at")
+    assert (dense.config.mode, dense.config.width_multiplier, dense.config.seed) == ("dense_at", 0.125, 2)
+    assert rst.run_dirs() == [str(tmp_path / "width_0.125" / "seed_2" / "rst" / f"ratio_{r:g}") for r in RATIOS]
+    assert (rst.config.mode, rst.config.width_multiplier, rst.config.seed) == ("rst", 0.125, 2)
+    assert len(scaling.run_dirs(planned)) == 3 * 3 * 4
+
+
+@pytest.mark.parametrize("widths, message", [
+    ((), "at least one width"), ((0.125, 0.0), "positive"), ((0.25, 0.125), "increasing"),
+    ((0.125, 0.125), "increasing"), (("a",), "numbers")])
+def test_bad_widths_are_one_clear_error(widths, message):
+    with pytest.raises(ValueError, match=message):
+        scaling.check_widths(widths)
+
+
+def test_a_trend_needs_two_distinct_seeds():
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        scaling.check_seeds([0])
+    with pytest.raises(ValueError, match="distinct"):
+        scaling.check_seeds([1, 1])
+    assert scaling.check_seeds(["0", "1"]) == (0, 1)
+
+
+def test_bin_reproduce_rejects_bad_scaling_input_in_one_line_and_writes_nothing(tmp_path):
+    output = tmp_path / "study"
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "reproduce.py"), "--study=scaling", f"--output_dir={output}",
+         f"--report={tmp_path / 'scaling.md'}", f"--data_dir={tmp_path}", "--widths=0.25,0.125"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--widths: widths must be sorted in increasing order" in errors[0]
+    assert not output.exists() and not (tmp_path / "scaling.md").exists()
+
+
+def test_the_cost_model_counts_every_run_at_its_width(tmp_path):
+    planned = scaling.plan(SearchConfig(epochs=1), (0.125, 0.25), (0.1, 0.2), str(tmp_path), (0, 1))
+    cost = scaling.CostModel(train_ms={"0.125": 3.0, "0.25": 6.0}, eval_pgd_ms={"0.125": 1.0})
+    found = scaling.estimate(cost, planned, train_examples=1000, epochs=2, test_examples=600, num_ratios=2)
+    # 2 seeds x 3 runs x 2000 image-epochs x (3 + 6) ms; evaluation 0.25 extrapolated as 4x 0.125's.
+    assert found["train_cpu_minutes"] == pytest.approx(2 * 3 * 2000 * 9.0 / 60000)
+    passes = scaling.evaluation_passes(2)
+    assert found["eval_cpu_minutes"] == pytest.approx(2 * passes * 600 * (1.0 + 4.0) / 60000)
+    assert found["total_cpu_minutes"] == pytest.approx(found["train_cpu_minutes"] + found["eval_cpu_minutes"])
+
+
+def test_slope_weights_recover_a_linear_trend_in_log2_width():
+    weights = scaling_report.slope_weights(WIDTHS)
+    values = 0.3 + 0.02 * np.log2(WIDTHS)
+    assert float(np.dot(weights, values)) == pytest.approx(0.02)
+    assert float(weights.sum()) == pytest.approx(0.0)
+
+
+NUM_IMAGES = 4000
+
+
+def _correct(accuracy, seed, salt):
+    """A packed {0, 1} string with exactly round(accuracy * NUM_IMAGES) ones, placed by (seed, salt)."""
+    values = np.zeros(NUM_IMAGES, np.int32)
+    values[np.random.default_rng([seed, salt]).permutation(NUM_IMAGES)[:int(round(accuracy * NUM_IMAGES))]] = 1
+    return contrasts.pack(values)
+
+
+def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=False):
+    """A planned study with per-example results: dense AT robust `dense` at every width, the RST at 20% robust
+    `dense + gap_by_width[w]`, natural 0.2 above each, R2S vanilla 0.05 above the best ticket, EOT and Ensemble at
+    dense - 0.02."""
+    planned = scaling.plan(SearchConfig(epochs=1), WIDTHS, RATIOS, str(tmp_path), seeds)
+    evaluation = {p: {} for p in scaling_report.PROTOCOLS}
+    r2s, found_aa = {}, {}
+    for (width, seed), (dense_step, rst_step) in planned.items():
+        accuracies = {dense_step.output_dir: dense}
+        for ratio, run_dir in zip(RATIOS, rst_step.run_dirs()):
+            accuracies[run_dir] = dense + gap_by_width[width] - (0.2 - ratio) / 10
+        for index, (run_dir, accuracy) in enumerate(accuracies.items()):
+            salt = int(width * 1000) + index
+            for protocol in scaling_report.PROTOCOLS:
+                evaluation[protocol][run_dir] = {
+                    "natural_correct": _correct(accuracy + 0.2, seed, salt),
+                    "robust_correct": {"8": _correct(accuracy, seed, salt)}}
+            if autoattack:
+                found_aa[run_dir] = {"autoattack_fast": {"correct": _correct(accuracy - 0.05, seed, salt)}}
+        tickets = [{"attacked": accuracies[d], "attacked_correct": _correct(accuracies[d], seed, 7 + i)}
+                   for i, d in enumerate(rst_step.run_dirs())]
+        best = max(ticket["attacked"] for ticket in tickets)
+        for protocol in scaling_report.PROTOCOLS:
+            r2s[width, seed, protocol] = {"tickets": tickets, "r2s_correct": {
+                "vanilla": _correct(best + 0.05, seed, 50), "eot": _correct(dense - 0.02, seed, 51),
+                "ensemble": _correct(dense - 0.02, seed, 52)}}
+    measured = {"evaluation": evaluation, "r2s": r2s, "autoattack": found_aa}
+    return planned, measured
+
+
+def test_claims_follow_the_per_example_results_at_each_width_and_across_widths(tmp_path):
+    planned, measured = _synthetic(tmp_path, {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0})
+    results = scaling_report.Measured(planned, measured, 8.0)
+    rows = scaling_report.claims(results)
+    by = {(row["kind"], row.get("width"), row["protocol"]): row for row in rows}
+    close = by["rst_minus_dense_robust", 0.0625, "standard"]
+    assert close["estimate"] == pytest.approx(-0.06) and close["verdict"] == "does not hold"
+    assert by["rst_minus_dense_robust", 0.25, "standard"]["verdict"] == "holds"
+    assert by["rst_minus_dense_robust", 0.125, "standard"]["verdict"] == "undecided at this scale"
+    assert by["r2s_minus_best_single", 0.125, "standard"]["estimate"] == pytest.approx(0.05)
+    assert by["r2s_eot_minus_dense", 0.125, "paper"]["verdict"] == "does not hold"
+    assert "flatters R2S" in by["r2s_ensemble_minus_dense", 0.25, "paper"]["note"]
+    assert by["r2s_ensemble_minus_dense", 0.25, "standard"]["note"] == ""
+    trend = by["trend", None, "standard"]
+    assert trend["estimate"] == pytest.approx(0.03) and trend["verdict"] == "holds"  # +3 points per doubling
+    assert trend["per_seed"] == pytest.approx([0.03] * 3)
+    assert by["trend", None, "natural"]["estimate"] == pytest.approx(0.03)
+    assert "AutoAttack" not in by["trend", None, "worst"]["claim"]
+    assert {row["verdict"] for row in rows} <= set(contrasts.VERDICTS)
+
+
+def test_the_worst_case_includes_autoattack_once_every_compared_run_has_it(tmp_path):
+    planned, measured = _synthetic(tmp_path, {0.0625: 0.0, 0.125: 0.0, 0.25: 0.0}, autoattack=True)
+    results = scaling_report.Measured(planned, measured, 8.0)
+    assert results.has_autoattack()
+    worst = {(row["kind"], row.get("width")): row for row in scaling_report.claims(results)
+             if row["protocol"] == "worst"}
+    assert "AutoAttack" in worst["rst_above_chance", 0.125]["claim"]
+    assert worst["rst_above_chance", 0.125]["estimate"] == pytest.approx(0.30 - 0.05 - 0.1)
+    del measured["autoattack"][planned[0.25, 1][0].output_dir]
+    assert not scaling_report.Measured(planned, measured, 8.0).has_autoattack()
+
+
+def test_evaluation_and_report_of_stand_in_runs_and_a_second_call_from_the_caches(tmp_path, cifar10_path):
+    from rst_tf.study import measure
+    from tests import ticket_fixtures
+
+    config = SearchConfig(network="resnet18", remaining_ratio=0.2, test_examples=16, eval_attack_steps=1,
+                          data_dir=cifar10_path)
+    widths, ratios = (0.0625,), (0.1, 0.2)  # one width: the trend claims are checked on synthetic results
+    planned = scaling.plan(config, widths, ratios, str(tmp_path / "runs"), (0, 1))
+    for (width, seed), (dense, rst) in planned.items():
+        ticket_fixtures.write_run(dense.output_dir, dense.config, variation=seed)
+        for index, (ratio, run_dir) in enumerate(zip(ratios, rst.run_dirs())):
+            run_config = dataclasses.replace(rst.config, remaining_ratio=ratio)
+            ticket_fixtures.write_run(run_dir, run_config, variation=10 * seed + index + 1)
+    test_sets = measure.TestSets(cifar10_path, 16, test_seed=0, test_examples=12)
+    output = str(tmp_path / "runs")
+    measured = scaling.evaluate(planned, output, test_sets, 8.0, 1, log=lambda message: None, autoattack=(),
+                                reference_autoattack=None)
+    assert set(measured["evaluation"]["paper"]) == set(scaling.run_dirs(planned))
+    entry = measured["evaluation"]["standard"][planned[0.0625, 1][0].output_dir]
+    assert len(entry["natural_correct"]) == 12 and set(entry["robust_correct"]) == {"8"}
+    assert set(measured["r2s"][0.0625, 0, "paper"]["r2s_correct"]) == {"vanilla", "eot", "ensemble"}
+    report = str(tmp_path / "docs" / "scaling.md")
+    found = scaling_report.write(planned, measured, {}, config, report, "bin/reproduce --study=scaling", 8.0, 12)
+    written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
+    assert written["widths"] == list(widths) and written["seeds"] == [0, 1] and written["test_examples"] == 12
+    assert all({"claim", "estimate", "interval", "verdict"} <= set(row) for row in written["claims"])
+    assert written["claims"] == json.loads(json.dumps(found["claims"]))
+    text = open(report).read()
+    assert text.splitlines()[0].startswith("# ") and "Of " in text and "scaling_figures/gap.png" in text
+    assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
+    messages = []
+    again = scaling.evaluate(planned, output, test_sets, 8.0, 1, log=messages.append, autoattack=(),
+                             reference_autoattack=None)
+    assert again == measured and not any(message.startswith("evaluated") for message in messages)
