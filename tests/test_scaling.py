@@ -150,14 +150,34 @@ def test_the_worst_case_includes_autoattack_once_every_compared_run_has_it(tmp_p
     assert not scaling_report.Measured(planned, measured, 8.0).has_autoattack()
 
 
-def test_evaluation_and_report_of_stand_in_runs_and_a_second_call_from_the_caches(tmp_path, cifar10_path):
+def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path):
+    planned, measured = _synthetic(tmp_path / "runs", {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0}, autoattack=True)
+    report = str(tmp_path / "docs" / "scaling.md")
+    found = scaling_report.write(planned, measured, {}, SearchConfig(epochs=4), report,
+                                 "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES)
+    written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
+    assert written["widths"] == list(WIDTHS) and written["seeds"] == [0, 1, 2]
+    assert written["test_examples"] == NUM_IMAGES
+    assert all({"claim", "estimate", "interval", "verdict"} <= set(row) for row in written["claims"])
+    assert written["claims"] == json.loads(json.dumps(found["claims"]))
+    lines = open(report).read().splitlines()
+    counts = next(line for line in lines if line.startswith("Of "))
+    assert counts.startswith(f"Of {len(found['claims'])} claims: ")
+    assert lines.index(counts) < next(i for i, line in enumerate(lines) if line.startswith("| where | claim"))
+    assert "![RST minus dense AT against width](scaling_figures/gap.png)" in lines
+    assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
+    dense = found["accuracy"]["0.125"]["dense AT"]
+    assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
+
+
+def test_evaluation_of_stand_in_runs_is_cached_for_a_second_call(tmp_path, cifar10_path):
     from rst_tf.study import measure
     from tests import ticket_fixtures
 
     config = SearchConfig(network="resnet18", remaining_ratio=0.2, test_examples=16, eval_attack_steps=1,
                           data_dir=cifar10_path)
-    widths, ratios = (0.0625,), (0.1, 0.2)  # one width: the trend claims are checked on synthetic results
-    planned = scaling.plan(config, widths, ratios, str(tmp_path / "runs"), (0, 1))
+    ratios = (0.1, 0.2)
+    planned = scaling.plan(config, (0.0625,), ratios, str(tmp_path / "runs"), (0, 1))
     for (width, seed), (dense, rst) in planned.items():
         ticket_fixtures.write_run(dense.output_dir, dense.config, variation=seed)
         for index, (ratio, run_dir) in enumerate(zip(ratios, rst.run_dirs())):
@@ -165,22 +185,16 @@ def test_evaluation_and_report_of_stand_in_runs_and_a_second_call_from_the_cache
             ticket_fixtures.write_run(run_dir, run_config, variation=10 * seed + index + 1)
     test_sets = measure.TestSets(cifar10_path, 16, test_seed=0, test_examples=12)
     output = str(tmp_path / "runs")
-    measured = scaling.evaluate(planned, output, test_sets, 8.0, 1, log=lambda message: None, autoattack=(),
-                                reference_autoattack=None)
-    assert set(measured["evaluation"]["paper"]) == set(scaling.run_dirs(planned))
+    evaluate = lambda log: scaling.evaluate(planned, output, test_sets, 8.0, 1, log=log, autoattack=(),  # noqa
+                                            reference_autoattack=None, protocols=("standard",))
+    measured = evaluate(lambda message: None)
+    assert set(measured["evaluation"]) == {"standard"}
+    assert set(measured["evaluation"]["standard"]) == set(scaling.run_dirs(planned))
     entry = measured["evaluation"]["standard"][planned[0.0625, 1][0].output_dir]
     assert len(entry["natural_correct"]) == 12 and set(entry["robust_correct"]) == {"8"}
-    assert set(measured["r2s"][0.0625, 0, "paper"]["r2s_correct"]) == {"vanilla", "eot", "ensemble"}
-    report = str(tmp_path / "docs" / "scaling.md")
-    found = scaling_report.write(planned, measured, {}, config, report, "bin/reproduce --study=scaling", 8.0, 12)
-    written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
-    assert written["widths"] == list(widths) and written["seeds"] == [0, 1] and written["test_examples"] == 12
-    assert all({"claim", "estimate", "interval", "verdict"} <= set(row) for row in written["claims"])
-    assert written["claims"] == json.loads(json.dumps(found["claims"]))
-    text = open(report).read()
-    assert text.splitlines()[0].startswith("# ") and "Of " in text and "scaling_figures/gap.png" in text
-    assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
+    assert entry["test_seed"] == 0 and entry["pgd_protocol"] == "standard"
+    r2s = measured["r2s"][0.0625, 1, "standard"]
+    assert set(r2s["r2s_correct"]) == {"vanilla", "eot", "ensemble"} and len(r2s["tickets"]) == 2
     messages = []
-    again = scaling.evaluate(planned, output, test_sets, 8.0, 1, log=messages.append, autoattack=(),
-                             reference_autoattack=None)
-    assert again == measured and not any(message.startswith("evaluated") for message in messages)
+    assert evaluate(messages.append) == measured
+    assert not any(message.startswith("evaluated") for message in messages)

@@ -6,7 +6,8 @@
 At every width and seed: dense PGD-AT (`dense_at`) and an RST sweep over `remaining_ratios` of that seed's one
 random network (`rst`), in OUTPUT_DIR/width_<w>/seed_<s>/. The runs go seed by seed (`running_order`), so a study
 stopped early still spans the widths. Finished runs are skipped and killed ones resume from their last
-checkpoint (`reproduce.run_step`), so the same call continues a killed study.
+checkpoint (`reproduce.run_steps`), so the same call continues a killed study; the runs may go to a Ray cluster
+(`executors`).
 """
 import dataclasses
 import math
@@ -91,13 +92,11 @@ def run_dirs(planned):
     return [run_dir for _, _, step in running_order(planned) for run_dir in step.run_dirs()]
 
 
-def train(planned, output_dir, progress=False, log=print):
-    """Run every step of the plan (finished runs skipped, killed ones resumed); each run's wall and CPU seconds go
-    to OUTPUT_DIR/run_times.json."""
-    times_path = os.path.join(output_dir, "run_times.json")
-    for width, seed, step in running_order(planned):
-        reproduce.run_step(step, times_path, progress=progress,
-                           log=lambda message, w=width, s=seed: log(f"width {w:g} seed {s}: {message}"))
+def train(planned, output_dir, progress=False, log=print, executor=None):
+    """Run every step of the plan through `executor` (default: one after another here, in `running_order`;
+    finished runs skipped, killed ones resumed); each run's wall and CPU seconds go to OUTPUT_DIR/run_times.json."""
+    named = [(f"width {width:g} seed {seed}: ", step) for width, seed, step in running_order(planned)]
+    reproduce.run_steps(named, output_dir, os.path.join(output_dir, "run_times.json"), executor, progress, log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +157,7 @@ def claim_ratio(remaining_ratios):
 
 
 def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoattack=("autoattack_fast",),
-             reference_autoattack="autoattack"):
+             reference_autoattack="autoattack", protocols=None):
     """Every measurement of the study on `test_sets` (all cached, so a killed evaluation continues):
 
     - natural and PGD-`steps` accuracy at `epsilon` (/255) of every run, under each PGD protocol
@@ -169,21 +168,24 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
       (width, seed), and `reference_autoattack` on that RST of the widest width's first seed
       (OUTPUT_DIR/autoattack.json).
 
+    `protocols` (default: every PGD protocol) limits the PGD and R2S measurements to some protocols.
+
     Returns {"evaluation": {protocol: {run_dir: entry}}, "r2s": {(width, seed, protocol): report},
     "autoattack": {run_dir: {attack: entry}}}.
     """
     from rst_tf import attacks
     from rst_tf.study import measure
 
+    protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
     runs = run_dirs(planned)
     first_seed = next(iter(planned))[1]
     evaluation = {protocol: measure.evaluate_runs(runs, [epsilon], os.path.join(
         output_dir, cache_name("evaluation", protocol)), test_sets, first_seed, log, protocol)
-        for protocol in attacks.PGD_PROTOCOLS}
+        for protocol in protocols}
     r2s = {}
     for (width, seed), steps_of_run in planned.items():
         folder = reproduce.seed_dir(width_dir(output_dir, width), seed)
-        for protocol in attacks.PGD_PROTOCOLS:
+        for protocol in protocols:
             log(f"width {width:g} seed {seed}: R2S over {len(rst_step(steps_of_run).run_dirs())} tickets "
                 f"({protocol} PGD)")
             r2s[width, seed, protocol] = measure.r2s_of(
@@ -207,11 +209,12 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
 
 
 def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_examples=10000, epsilon=8.0,
-        command="", batch_size=500, progress=False, log=print, stop_after="report"):
+        command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None):
     """The whole study: train every run (`train`), evaluate them on `test_examples` test images (`evaluate`) and
     write the report (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as
-    JSON in <report>.json. Returns that JSON's content, or None when `stop_after` is "train" or "evaluate". The same
-    call continues a killed study."""
+    JSON in <report>.json. Returns that JSON's content, or None when `stop_after` is "train" or "evaluate". The runs
+    go through `executor` (default: one after another here), the evaluation runs here. The same call continues a
+    killed study."""
     from rst_tf.study import measure
     from rst_tf.study import scaling_report
     from rst_tf.training import run_dir as run_files
@@ -219,7 +222,7 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     if stop_after not in ("train", "evaluate", "report"):
         raise ValueError(f"stop_after must be train, evaluate or report, got {stop_after!r}")
     planned = plan(config, widths, remaining_ratios, output_dir, seeds)
-    train(planned, output_dir, progress=progress, log=log)
+    train(planned, output_dir, progress=progress, log=log, executor=executor)
     if stop_after == "train":
         return None
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
