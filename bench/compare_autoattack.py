@@ -34,7 +34,7 @@ def process_cpu_seconds(path):
         return None
     text = open(path).read()
     parts = [float(re.search(rf"{key} time \(seconds\): ([0-9.]+)", text).group(1)) for key in ("User", "System")]
-    return sum(parts)
+    return round(sum(parts), 2)
 
 
 def robust_of(eval_json, attack_name):
