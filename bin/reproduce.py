@@ -8,7 +8,8 @@ sweeps (inherited and re-init weights), natural and adversarial RTT sweeps, and 
 classes 0-4; an RTT over it and an RST on classes 5-9). Then PGD-20 at each --eval_epsilons of every best
 checkpoint (PGD of --pgd_protocol) on one test set, and each seed's transfer matrix between its RSTs and R2S over
 them under both PGD protocols; each claim's verdict comes from its seed-paired difference and 95% interval. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON in <report>.json.
-The same command again skips finished work and continues killed runs. The bin/search flags set the scale; --mode,
+The same command again skips finished work and continues killed runs. --executor=ray trains the runs as Ray tasks
+(on this machine, or a cluster with --ray_address; the evaluations run in this process). The bin/search flags set the scale; --mode,
 --remaining_ratio, --init_from, --finetune_weights, --reinit_classifier and --class_subset are set per run.
 """
 import os
@@ -19,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from bin import common, search_flags  # noqa: E402
+from bin import common, executor_flags, search_flags  # noqa: E402
 from bin.search_flags import FLAGS, config_from_flags  # noqa: E402
 
 
@@ -31,6 +32,7 @@ def _numbers_in(values, low, high):
 
 
 flags.adopt_module_key_flags(search_flags)  # --helpshort lists them
+flags.adopt_module_key_flags(executor_flags)
 flags.DEFINE_list("remaining_ratios", ["0.05", "0.1", "0.2", "0.5"], "Remaining ratios of every sweep.")
 flags.register_validator("remaining_ratios", lambda values: bool(values) and _numbers_in(values, 0, 1),
                          "--remaining_ratios must list numbers in (0, 1], e.g. 0.05,0.1,0.2,0.5")
@@ -103,7 +105,7 @@ def main(argv):
                                 transfer_ratio=FLAGS.transfer_ratio or None, command=command,
                                 comparison_ratios=compared,
                                 batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
-                                pgd_protocol=FLAGS.pgd_protocol)
+                                pgd_protocol=FLAGS.pgd_protocol, executor=executor_flags.executor_from_flags())
         common.write_flags(FLAGS.output_dir)
     for row in results["claims"]:
         low, high = row["interval"]
@@ -141,7 +143,7 @@ def _scaling(config):
         results = scaling.run(config, widths, ratios, FLAGS.output_dir, FLAGS.report, seeds,
                               test_examples=FLAGS.study_test_examples, epsilon=float(FLAGS.eval_epsilons[0]),
                               command=command, batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
-                              stop_after=FLAGS.stop_after)
+                              stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags())
         common.write_flags(FLAGS.output_dir)
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")

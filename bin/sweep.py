@@ -5,7 +5,8 @@
 Ratio r runs in OUTPUT_DIR/ratio_<r> (--remaining_ratios replaces --remaining_ratio). Running the same command
 again skips finished runs and continues killed ones. Writes sweep.json and sweep.md (ratio, best epoch, natural and
 PGD-20 test accuracy) to --output_dir. `{ratio}` in --init_from stands for each ratio: fine-tune an RST sweep's tickets
-with --mode=finetune --init_from='runs/sweep/ratio_{ratio}'.
+with --mode=finetune --init_from='runs/sweep/ratio_{ratio}'. --executor=ray runs each ratio as a Ray task, on this
+machine or on a cluster (--ray_address).
 """
 import os
 import sys
@@ -14,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from bin import common, search_flags  # noqa: E402
+from bin import common, executor_flags, search_flags  # noqa: E402
 from bin.search_flags import FLAGS, config_from_flags  # noqa: E402
 
 
@@ -26,6 +27,7 @@ def _is_ratio_list(values):
 
 
 flags.adopt_module_key_flags(search_flags)  # --helpshort lists them
+flags.adopt_module_key_flags(executor_flags)
 flags.DEFINE_list("remaining_ratios", [], "Remaining ratios to run, e.g. 0.01,0.02,0.05,0.1.")
 flags.register_validator("remaining_ratios", _is_ratio_list,
                          "--remaining_ratios must list numbers in (0, 1], e.g. 0.01,0.05,0.1")
@@ -41,7 +43,8 @@ def main(argv):
     config = config_from_flags()
     ratios = [float(value) for value in FLAGS.remaining_ratios]
     with common.clear_errors():
-        summary = sweep.run_sweep(config, ratios, FLAGS.output_dir, progress=FLAGS.progress)
+        summary = sweep.run_sweep(config, ratios, FLAGS.output_dir, progress=FLAGS.progress,
+                                  executor=executor_flags.executor_from_flags())
         common.write_flags(FLAGS.output_dir)
     print(sweep.markdown_table(summary, config), end="")
     print(f"files in {FLAGS.output_dir}")

@@ -17,7 +17,7 @@ import os
 import time
 
 from rst_tf import attacks
-from rst_tf.study import sweep
+from rst_tf.study import executors, sweep
 from rst_tf.training import run_dir as run_files
 from rst_tf.training.config import SearchConfig
 
@@ -109,38 +109,43 @@ def plan_seeds(config, remaining_ratios, output_dir, seeds, transfer_ratio=None,
                        transfer_ratio, comparison_ratios=comparison_ratios) for seed in seeds}
 
 
-def _finished(run_dir):
-    return "final" in run_files.read_json(os.path.join(run_dir, "metrics.json"))
-
-
-def _timed_run(config, run_dir, name, times_path, progress, log):
-    """`sweep.run_or_skip`, with the wall and process CPU seconds of the call that finishes the run recorded in
-    `times_path` ({run_dir: {wall_seconds, cpu_seconds, resumed}}; resumed: it continued an earlier call's run)."""
-    if _finished(run_dir):
-        log(f"{name}: finished, skipped")
-        return
-    resumed = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-    wall, cpu = time.time(), time.process_time()
-    sweep.run_or_skip(config, run_dir, name, progress, log)
-    times = run_files.read_json(times_path)
-    times[run_dir] = {"wall_seconds": time.time() - wall, "cpu_seconds": time.process_time() - cpu,
-                      "resumed": resumed}
-    run_files.write_json(times_path, times)
-
-
-def run_step(step, times_path, progress=False, log=print):
-    """Run one step: every run of a sweep (then its sweep.json / sweep.md), or a single run; finished runs are
-    skipped and killed ones resumed. Each run's time goes to `times_path` (`_timed_run`)."""
+def step_jobs(step, prefix=""):
+    """The runs of one step as executor jobs (named PREFIX + step name [/ratio_<r>]), each checked against the run
+    its folder may already hold (`sweep.check_existing_run`)."""
     if not step.remaining_ratios:
         sweep.check_existing_run(step.config, step.output_dir)
-        _timed_run(step.config, step.output_dir, step.name, times_path, progress, log)
-        return
+        return [executors.Job(prefix + step.name, step.config, step.output_dir)]
+    jobs = []
     configs = sweep.run_configs(step.config, list(step.remaining_ratios))
     for (ratio, run_config), run_dir in zip(configs, step.run_dirs()):
         sweep.check_existing_run(run_config, run_dir)
-    for (ratio, run_config), run_dir in zip(configs, step.run_dirs()):
-        _timed_run(run_config, run_dir, f"{step.name}/{sweep.ratio_name(ratio)}", times_path, progress, log)
-    sweep.run_sweep(step.config, list(step.remaining_ratios), step.output_dir, log=lambda message: None)
+        jobs.append(executors.Job(f"{prefix}{step.name}/{sweep.ratio_name(ratio)}", run_config, run_dir))
+    return jobs
+
+
+def run_steps(named_steps, output_dir, times_path, executor=None, progress=False, log=print):
+    """Run every run of `named_steps` ([(name prefix, Step)]) through `executor` (default: one after another here),
+    each after the run it starts from (`executors.with_dependencies`); finished runs are skipped and killed ones
+    resumed. The wall and process CPU seconds of the call that finishes a run go to `times_path` ({run_dir:
+    {wall_seconds, cpu_seconds, resumed}}; resumed: it continued an earlier call's run). Then each sweep's sweep.json
+    and sweep.md."""
+    jobs = executors.with_dependencies([job for prefix, step in named_steps for job in step_jobs(step, prefix)])
+
+    def record(job, times):
+        if times is not None:
+            found = run_files.read_json(times_path)
+            found[job.run_dir] = times
+            run_files.write_json(times_path, found)
+
+    (executor or executors.LocalExecutor()).run(jobs, output_dir, on_done=record, progress=progress, log=log)
+    for _, step in named_steps:
+        if step.remaining_ratios:
+            sweep.write_summary(step.config, step.remaining_ratios, step.output_dir)
+
+
+def run_step(step, times_path, progress=False, log=print, executor=None):
+    """Run one step (`run_steps`): every run of a sweep (then its sweep.json / sweep.md), or a single run."""
+    run_steps([("", step)], os.path.dirname(times_path) or ".", times_path, executor, progress, log)
 
 
 def _cache_name(name, pgd_protocol):
@@ -150,13 +155,14 @@ def _cache_name(name, pgd_protocol):
 
 def run(config, remaining_ratios, output_dir, report_path, seeds=(0, 1), epsilons=(8, 12, 16),
         transfer_ratio=None, command="", batch_size=200, progress=False, log=print, pgd_protocol="standard",
-        comparison_ratios=None):
+        comparison_ratios=None, executor=None):
     """The whole study for every seed: each `plan` step, the evaluations, figures, the markdown report at
     `report_path` and the same figures as JSON next to it (`.json`); returns that JSON's content. Resumes where a
     killed call stopped.
 
     Every run is measured on the test set of the first seed (`measure.TestSets`), so results pair by
-    image across runs and seeds. Robust accuracies use PGD of `pgd_protocol` (`attacks.pgd_eval_config`); the
+    image across runs and seeds. The runs go through `executor` (default: one after another here); the
+    evaluations run here. Robust accuracies use PGD of `pgd_protocol` (`attacks.pgd_eval_config`); the
     transfer matrix and R2S of each seed are measured under both protocols.
     """
     from rst_tf.study import claims, measure, report
@@ -167,10 +173,8 @@ def run(config, remaining_ratios, output_dir, report_path, seeds=(0, 1), epsilon
     epsilons = [float(e) for e in epsilons]
     steps_by_seed = plan_seeds(config, remaining_ratios, output_dir, seeds, transfer_ratio, comparison_ratios)
     times_path = os.path.join(output_dir, "run_times.json")
-    for seed, steps in steps_by_seed.items():
-        for step in steps:
-            run_step(step, times_path, progress=progress,
-                     log=lambda message, seed=seed: log(f"seed {seed}: {message}"))
+    run_steps([(f"seed {seed}: ", step) for seed, steps in steps_by_seed.items() for step in steps], output_dir,
+              times_path, executor, progress, log)
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=next(iter(steps_by_seed)))
     run_dirs = [run_dir for steps in steps_by_seed.values() for step in steps for run_dir in step.run_dirs()]
     evaluation = measure.evaluate_runs(run_dirs, epsilons, os.path.join(output_dir, _cache_name(

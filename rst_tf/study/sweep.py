@@ -9,7 +9,8 @@ killed one continues from its last checkpoint, so running the same sweep again c
 import dataclasses
 import os
 
-from rst_tf.training import loop, warm_start
+from rst_tf.study import executors
+from rst_tf.training import warm_start
 from rst_tf.training import run_dir as run_files
 
 SWEEP_MODES = ("rst", "finetune")
@@ -49,8 +50,9 @@ def run_configs(config, remaining_ratios):
     return configs
 
 
-def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print):
-    """Run `config` at every ratio in `remaining_ratios` under `output_dir`; write sweep.json and sweep.md.
+def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print, executor=None):
+    """Run `config` at every ratio in `remaining_ratios` under `output_dir` through `executor` (default
+    `executors.LocalExecutor`: one after another here); write sweep.json and sweep.md.
 
     Returns the summary written to sweep.json. Raises ValueError before running anything for a bad setting, or
     when a ratio's folder holds a run of another setting.
@@ -59,12 +61,18 @@ def run_sweep(config, remaining_ratios, output_dir, progress=False, log=print):
     for _, run_config in configs:
         check_existing_run(run_config, os.path.join(output_dir, ratio_name(run_config.remaining_ratio)))
         warm_start.check_init_from(run_config)
-    for remaining_ratio, run_config in configs:
-        name = ratio_name(remaining_ratio)
-        run_or_skip(run_config, os.path.join(output_dir, name), name, progress, log)
+    jobs = [executors.Job(ratio_name(r), run_config, os.path.join(output_dir, ratio_name(r)))
+            for r, run_config in configs]
+    (executor or executors.LocalExecutor()).run(jobs, output_dir, progress=progress, log=log)
+    return write_summary(config, [r for r, _ in configs], output_dir)
+
+
+def write_summary(config, remaining_ratios, output_dir):
+    """sweep.json and sweep.md of a finished sweep; returns the summary written to sweep.json."""
+    ratios = [float(r) for r in remaining_ratios]
     setting = {field: value for field, value in dataclasses.asdict(config).items() if field != "remaining_ratio"}
-    summary = {"config": setting, "remaining_ratios": [r for r, _ in configs],
-               "runs": [_run_summary(r, os.path.join(output_dir, ratio_name(r))) for r, _ in configs]}
+    summary = {"config": setting, "remaining_ratios": ratios,
+               "runs": [_run_summary(r, os.path.join(output_dir, ratio_name(r))) for r in ratios]}
     run_files.write_json(os.path.join(output_dir, "sweep.json"), summary)
     run_files.write_text(os.path.join(output_dir, "sweep.md"), markdown_table(summary, config))
     return summary
@@ -108,9 +116,4 @@ def check_existing_run(config, run_dir):
 
 def run_or_skip(config, run_dir, name, progress=False, log=print):
     """Skip a finished run in `run_dir`, continue a killed one, or start it (see `check_existing_run` first)."""
-    if "final" in run_files.read_json(os.path.join(run_dir, "metrics.json")):
-        log(f"{name}: finished, skipped")
-        return
-    started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-    log(f"{name}: {'resuming' if started else 'starting'} in {run_dir}")
-    loop.run(config, run_dir, resume=True, progress=progress, log=lambda message: log(f"{name}: {message}"))
+    executors.run_job(executors.Job(name, config, run_dir), progress, log)
