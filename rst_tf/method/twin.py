@@ -85,9 +85,9 @@ def _without_probability_head(model):
     if len(model.outputs) != 1:
         return model
     head = model.outputs[0]._keras_history.operation
-    is_probability = (isinstance(head, keras.layers.Softmax)
-                      or isinstance(head, keras.layers.Activation) and _activation_name(head) in _PROBABILITY_ACTIVATIONS)
-    if not is_probability:
+    probability_activation = (isinstance(head, keras.layers.Activation)
+                              and _activation_name(head) in _PROBABILITY_ACTIVATIONS)
+    if not (isinstance(head, keras.layers.Softmax) or probability_activation):
         return model
     return keras.Model(model.inputs, head.input, name=model.name)
 
