@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-_MAX_RICE_BITS = 32
+MAX_RICE_BITS = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +55,14 @@ def decode(encoded, shape):
     """The boolean mask of `shape` that `encoded` holds."""
     if int(np.prod(shape)) != encoded.size:
         raise ValueError(f"encoded mask holds {encoded.size} entries; shape {tuple(shape)} needs {int(np.prod(shape))}")
+    _check_counts(encoded)
     unary = np.unpackbits(np.frombuffer(encoded.quotients, np.uint8), count=encoded.quotient_bits)
     ends = np.flatnonzero(unary)
     if ends.size != encoded.count:
         raise ValueError(f"corrupt mask code: {ends.size} quotients for {encoded.count} positions")
     quotients = np.diff(ends, prepend=-1) - 1
+    if quotients.size and quotients.max() > (encoded.size - 1) >> encoded.rice_bits:
+        raise ValueError("corrupt mask code: a gap longer than the mask")
     bits = np.unpackbits(np.frombuffer(encoded.remainders, np.uint8), count=encoded.count * encoded.rice_bits)
     weights = (1 << np.arange(encoded.rice_bits - 1, -1, -1, dtype=np.int64))
     remainders = bits.reshape(encoded.count, encoded.rice_bits).astype(np.int64) @ weights
@@ -70,6 +73,22 @@ def decode(encoded, shape):
     flat = np.full(encoded.size, not encoded.symbol, bool)
     flat[positions] = bool(encoded.symbol)
     return flat.reshape(shape)
+
+
+def _check_counts(encoded):
+    """ValueError unless the code's declared counts fit its size and its bytes (checked before they are unpacked)."""
+    problems = [
+        (encoded.symbol not in (0, 1), f"symbol {encoded.symbol}"),
+        (not 0 <= encoded.rice_bits < MAX_RICE_BITS, f"{encoded.rice_bits} remainder bits"),
+        (not 0 <= encoded.count <= encoded.size, f"{encoded.count} positions in {encoded.size} entries"),
+        (not encoded.count <= encoded.quotient_bits <= 8 * len(encoded.quotients),
+         f"{encoded.quotient_bits} quotient bits for {encoded.count} positions in {len(encoded.quotients)} bytes"),
+        (encoded.count * encoded.rice_bits > 8 * len(encoded.remainders),
+         f"{encoded.count} remainders of {encoded.rice_bits} bits in {len(encoded.remainders)} bytes"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise ValueError(f"corrupt mask code: {what}")
 
 
 def encode_added(mask, base):
@@ -103,5 +122,5 @@ def _flat_binary(mask):
 def _best_rice_bits(gaps):
     if gaps.size == 0:
         return 0
-    costs = [int((gaps >> bits).sum()) + gaps.size * (bits + 1) for bits in range(_MAX_RICE_BITS)]
+    costs = [int((gaps >> bits).sum()) + gaps.size * (bits + 1) for bits in range(MAX_RICE_BITS)]
     return int(np.argmin(costs))
