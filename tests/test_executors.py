@@ -1,0 +1,218 @@
+"""A study's runs under the local and the Ray executor: the same files (deterministic runs), dependencies, a Ray
+worker killed mid-run on a real two-node local cluster, and bad input (executor, address, resources, storage)."""
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rst_tf.study import executors, ray_executor, reproduce
+from rst_tf.training.config import SearchConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(network="resnet18", width_multiplier=0.0625, train_examples=32, validation_examples=16,
+            test_examples=16, batch_size=32, attack_steps=1, eval_attack_steps=1, seed=3, deterministic=True)
+# Every Ray of this module (the two-node cluster, an embedded one) and its drivers share one token (Ray's token
+# authentication; nothing is written to ~/.ray).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_environment():
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in RAY_ENV.items():
+            patch.setenv(name, value)
+        yield
+
+
+def _free_port():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def _ray(*args, timeout=180):
+    env = dict(os.environ, **RAY_ENV)  # also when the module's fixture has not set them yet
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_environment):
+    """A head and a second node (one CPU each) started with `ray start` on this machine: the head's address."""
+    temp_dir = tempfile.mkdtemp(prefix="rt_ray_", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
+    try:
+        head = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+                    f"--temp-dir={temp_dir}", "--include-dashboard=false", "--disable-usage-stats")
+        assert head.returncode == 0, head.stderr[-2000:]
+        second = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                      f"--temp-dir={temp_dir}", "--disable-usage-stats")
+        assert second.returncode == 0, second.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        _ray("stop", "--force", timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _comparable_metrics(run_dir):
+    metrics = json.loads(open(os.path.join(run_dir, "metrics.json")).read())
+    for row in metrics["epochs"]:
+        row.pop("seconds")
+    return metrics
+
+
+def _checkpoint_tensors(run_dir, which):
+    """Every variable's value in the latest `which` checkpoint (not the object graph: metadata, not values)."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints", which)))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def assert_same_runs(run_dir, reference_dir):
+    assert _comparable_metrics(run_dir) == _comparable_metrics(reference_dir)
+    assert open(os.path.join(run_dir, "config.json")).read() == open(os.path.join(reference_dir, "config.json")).read()
+    for which in ("best", "last"):
+        found, wanted = _checkpoint_tensors(run_dir, which), _checkpoint_tensors(reference_dir, which)
+        assert sorted(found) == sorted(wanted)
+        assert [name for name in wanted if not np.array_equal(found[name], wanted[name])] == []
+
+
+def _rst_sweep(cifar10_path, output_dir, epochs=3):
+    config = SearchConfig(data_dir=cifar10_path, mode="rst", epochs=epochs, **TINY)
+    return reproduce.Step("rst", config, os.path.join(output_dir, "rst"), (0.2, 0.5))
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, cifar10_path):
+    """The tiny deterministic RST sweep (two ratios, three epochs) run by the local executor: its Step."""
+    output_dir = str(tmp_path_factory.mktemp("local"))
+    step = _rst_sweep(cifar10_path, output_dir)
+    reproduce.run_steps([("", step)], output_dir, os.path.join(output_dir, "run_times.json"))
+    return step
+
+
+def _kill_the_first_worker_after_a_checkpoint(output_dir, run_dir, killed, deadline):
+    """SIGKILL the process running `run_dir` (its pid from the executor's progress file) once the run has saved a
+    checkpoint and before it finishes; the pid goes to `killed`."""
+    progress = os.path.join(output_dir, ray_executor.WORK_FOLDER, "progress", "0.json")
+    index = os.path.join(run_dir, "checkpoints", "last", "checkpoint")
+    while time.time() < deadline and not killed:
+        if os.path.isfile(progress) and os.path.isfile(index) and not executors.is_finished(run_dir):
+            pid = json.loads(open(progress).read())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.05)
+
+
+def test_two_node_cluster_runs_in_parallel_and_a_killed_worker_resumes_to_the_same_runs(
+        cluster, local_sweep, tmp_path, cifar10_path):
+    output_dir = str(tmp_path / "cluster")
+    step = _rst_sweep(cifar10_path, output_dir)
+    killed = []
+    killer = threading.Thread(target=_kill_the_first_worker_after_a_checkpoint,
+                              args=(output_dir, step.run_dirs()[0], killed, time.time() + 600), daemon=True)
+    killer.start()
+    messages = []
+    executor = ray_executor.RayExecutor(cluster, cpus_per_run=1, poll_seconds=0.5)
+    reproduce.run_steps([("", step)], output_dir, os.path.join(output_dir, "run_times.json"), executor,
+                        log=messages.append)
+    killer.join(timeout=5)
+    assert killed, "the run finished before its worker could be killed"
+    times = json.loads(open(os.path.join(output_dir, "run_times.json")).read())
+    assert times[step.run_dirs()[0]]["resumed"] is True  # Ray ran the task again; it resumed from the checkpoint
+    assert any(message.startswith("runs: 0 done, 2 running, 0 queued") for message in messages)  # one per node
+    assert messages[-1] == "runs: 2 done, 0 running, 0 queued"
+    for run_dir, reference_dir in zip(step.run_dirs(), local_sweep.run_dirs(), strict=True):
+        assert_same_runs(run_dir, reference_dir)
+    assert json.loads(open(os.path.join(output_dir, "rst", "sweep.json")).read())["runs"][0]["best_epoch"] == \
+        json.loads(open(os.path.join(local_sweep.output_dir, "sweep.json")).read())["runs"][0]["best_epoch"]
+    assert not os.path.exists(os.path.join(output_dir, ray_executor.WORK_FOLDER))
+
+
+def test_too_many_cpus_per_run_is_one_line_and_writes_nothing(cluster, tmp_path, cifar10_path):
+    step = _rst_sweep(cifar10_path, str(tmp_path / "study"), epochs=1)
+    executor = ray_executor.RayExecutor(cluster, cpus_per_run=2)
+    with pytest.raises(ValueError, match=r"^cpus_per_run 2 is more than any node of the Ray cluster has "
+                                         r"\(at most 1 CPUs on one node\)$"):
+        executor.run(reproduce.step_jobs(step), str(tmp_path / "study"))
+    assert not (tmp_path / "study").exists()
+
+
+def test_embedded_ray_starts_a_run_after_the_run_it_starts_from(tmp_path, cifar10_path):
+    """An RTT waits for its natural source (two CPUs would run them side by side)."""
+    config = SearchConfig(data_dir=cifar10_path, epochs=1, **TINY)
+    natural = reproduce.Step("natural", dataclasses.replace(config, mode="natural"), str(tmp_path / "natural"))
+    rtt = reproduce.Step("rtt_natural", dataclasses.replace(config, mode="rst", init_from=natural.output_dir,
+                                                            init_checkpoint="last"),
+                         str(tmp_path / "rtt_natural"), (0.5,))
+    jobs = executors.with_dependencies(reproduce.step_jobs(natural) + reproduce.step_jobs(rtt))
+    assert [job.after for job in jobs] == [(), (natural.output_dir,)]
+    executor = ray_executor.RayExecutor("", cpus_per_run=1)
+    reproduce.run_steps([("", natural), ("", rtt)], str(tmp_path), str(tmp_path / "run_times.json"), executor)
+    finished = os.stat(os.path.join(natural.output_dir, "metrics.json")).st_mtime_ns
+    started = os.stat(os.path.join(rtt.run_dirs()[0], "config.json")).st_mtime_ns
+    assert started >= finished and executors.is_finished(rtt.run_dirs()[0])
+    assert sorted(json.loads(open(tmp_path / "run_times.json").read())) == [natural.output_dir, rtt.run_dirs()[0]]
+
+
+def test_dependencies_follow_init_from_and_must_point_backwards(tmp_path):
+    config = SearchConfig(**TINY)
+    source = executors.Job("dense_at", dataclasses.replace(config, mode="dense_at"), str(tmp_path / "dense_at"))
+    rtt = executors.Job("rtt", dataclasses.replace(config, init_from=str(tmp_path / "dense_at") + "/"),
+                        str(tmp_path / "rtt"))
+    elsewhere = executors.Job("other", dataclasses.replace(config, init_from=str(tmp_path / "elsewhere")),
+                              str(tmp_path / "other"))
+    assert [job.after for job in executors.with_dependencies([source, rtt, elsewhere])] == \
+        [(), (source.run_dir,), ()]
+    with pytest.raises(ValueError, match="rtt starts from .*dense_at/, which runs after it"):
+        executors.with_dependencies([rtt, source])
+    with pytest.raises(ValueError, match="two runs write"):
+        executors.check_jobs([source, source])
+
+
+def test_a_task_that_cannot_see_the_output_folder_stops_before_writing(tmp_path):
+    marker = tmp_path / ray_executor.WORK_FOLDER / "marker.json"
+    marker.parent.mkdir()
+    job = executors.Job("run", SearchConfig(**TINY), str(tmp_path / "run"))
+    with pytest.raises(ray_executor.StorageError, match="is not visible from Ray node .*shared file system"):
+        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"))
+    marker.write_text(json.dumps({"token": "another driver's"}))
+    with pytest.raises(ray_executor.StorageError, match="lacks the marker the driver wrote"):
+        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"))
+    with pytest.raises(ray_executor.StorageError, match="working folder .* does not exist on Ray node"):
+        ray_executor.run_job_task(job, str(tmp_path / "missing"), str(marker), "token", "unused")
+    assert sorted(os.listdir(tmp_path)) == [ray_executor.WORK_FOLDER]
+
+
+def test_an_address_that_does_not_answer_is_one_line_within_30_seconds(tmp_path, cifar10_path):
+    address = f"127.0.0.1:{_free_port()}"
+    began = time.time()
+    with pytest.raises(ValueError, match=rf"^ray_address {address}: no Ray cluster answers there"):
+        ray_executor.RayExecutor(address).run(reproduce.step_jobs(_rst_sweep(cifar10_path, str(tmp_path / "a"))),
+                                              str(tmp_path / "a"))
+    assert time.time() - began < 30 and not (tmp_path / "a").exists()
+    env = dict(os.environ, RST_TF_DATA_DIR=cifar10_path)
+    tiny = [f"--{name}={value}" for name, value in TINY.items() if name != "deterministic"]
+    for extra, message in ((["--executor=ray", f"--ray_address={address}"],
+                            f"error: ray_address {address}: no Ray cluster answers there"),
+                           (["--executor=spark"], "error: flag --executor=spark: value should be one of <local|ray>"),
+                           (["--executor=ray", "--ray_address=nowhere"],
+                            "error: --ray_address must be empty, auto, HOST:PORT or ray://HOST:PORT")):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "sweep.py"), *tiny, "--epochs=1",
+                                 "--remaining_ratios=0.5", f"--output_dir={tmp_path / 'b'}", *extra], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(message), result.stderr
+    assert not (tmp_path / "b").exists()
