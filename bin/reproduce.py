@@ -100,7 +100,7 @@ def main(argv):
             return
         if not os.path.isdir(config.data_dir or "."):
             common.fail(f"--data_dir {config.data_dir} is not a folder")
-        command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
+        command = " ".join(shlex.quote(arg) for arg in ["bin/reproduce", *sys.argv[1:]])
         results = reproduce.run(config, ratios, FLAGS.output_dir, FLAGS.report, seeds=seeds, epsilons=epsilons,
                                 transfer_ratio=FLAGS.transfer_ratio or None, command=command,
                                 comparison_ratios=compared,

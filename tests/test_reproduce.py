@@ -175,11 +175,11 @@ def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
     times = report.run_times(steps_by_seed, {steps_by_seed[0][0].output_dir: {
         "wall_seconds": 300.0, "cpu_seconds": 540.0, "resumed": False}}, results.evaluation)
     text = report.markdown_report(
-        "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg",
+        "bin/reproduce --flagfile=flags/reproduce/cpu.cfg",
         report.scale_of(config, RATIOS, [8, 12], [0, 1]), 5400, figures, rows,
         {"fig1": "reproduction_figures/fig1.png"}, [8, 12], times)
     lines = text.splitlines()
-    assert "python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg" in lines
+    assert "bin/reproduce --flagfile=flags/reproduce/cpu.cfg" in lines
     assert any(line.startswith("Wall time: 90.0 minutes") for line in lines)
     assert any(line.startswith("Scale: network resnet18 width 0.125") and "seeds 0, 1" in line for line in lines)
     assert any("selects its checkpoint on the test set" in line for line in lines)
