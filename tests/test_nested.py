@@ -258,7 +258,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
-from rst_tf import attacks, data, layers, nested
+from rst_tf import attacks, data
+from rst_tf.method import layers
+from rst_tf.search import nested
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 keras.utils.set_random_seed(0)
