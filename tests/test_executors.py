@@ -21,8 +21,11 @@ from rst_tf.study import executors, ray_executor, reproduce
 from rst_tf.training.config import SearchConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(network="resnet18", width_multiplier=0.0625, train_examples=32, validation_examples=16,
-            test_examples=16, batch_size=32, attack_steps=1, eval_attack_steps=1, seed=3, deterministic=True)
+# The smallest runs that still checkpoint more than once: natural training (no attack to trace in the training step),
+# one step per epoch, three epochs (a worker is killed after the first checkpoint, well before the run finishes).
+TINY = dict(network="resnet18", width_multiplier=0.0625, train_examples=16, validation_examples=16,
+            test_examples=16, batch_size=16, attack_steps=1, eval_attack_steps=1, seed=3, deterministic=True)
+EPOCHS = 3
 # Every Ray of this module (the two-node cluster, an embedded one) and its drivers share one token (Ray's token
 # authentication; nothing is written to ~/.ray).
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2}
@@ -89,18 +92,19 @@ def assert_same_runs(run_dir, reference_dir):
         assert [name for name in wanted if not np.array_equal(found[name], wanted[name])] == []
 
 
-def _rst_sweep(cifar10_path, output_dir, epochs=3):
-    config = SearchConfig(data_dir=cifar10_path, mode="rst", epochs=epochs, **TINY)
-    return reproduce.Step("rst", config, os.path.join(output_dir, "rst"), (0.2, 0.5))
+def _run_step(cifar10_path, name, output_dir, **changes):
+    """A Step of one tiny deterministic run (natural training unless `changes` say otherwise)."""
+    config = SearchConfig(data_dir=cifar10_path, mode="natural", remaining_ratio=1.0, epochs=EPOCHS, **TINY)
+    return reproduce.Step(name, dataclasses.replace(config, **changes), output_dir)
 
 
 @pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory, cifar10_path):
-    """The tiny deterministic RST sweep (two ratios, three epochs) run by the local executor: its Step."""
+def local_run(tmp_path_factory, cifar10_path):
+    """The tiny deterministic run, run by the local executor in this process: its run folder."""
     output_dir = str(tmp_path_factory.mktemp("local"))
-    step = _rst_sweep(cifar10_path, output_dir)
+    step = _run_step(cifar10_path, "run", os.path.join(output_dir, "run"))
     reproduce.run_steps([("", step)], output_dir, os.path.join(output_dir, "run_times.json"))
-    return step
+    return step.output_dir
 
 
 def _kill_the_first_worker_after_a_checkpoint(output_dir, run_dir, killed, deadline):
@@ -113,58 +117,86 @@ def _kill_the_first_worker_after_a_checkpoint(output_dir, run_dir, killed, deadl
             pid = json.loads(open(progress).read())["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
-def test_two_node_cluster_runs_in_parallel_and_a_killed_worker_resumes_to_the_same_runs(
-        cluster, local_sweep, tmp_path, cifar10_path):
-    output_dir = str(tmp_path / "cluster")
-    step = _rst_sweep(cifar10_path, output_dir)
+@pytest.fixture(scope="module")
+def cluster_study(cluster, tmp_path_factory, cifar10_path):
+    """A study on the two-node cluster: a run whose worker is killed after its first checkpoint, its undisturbed
+    twin (same config, another folder) beside it on the other node, and an RTT that starts from the twin:
+    (steps, driver's progress lines, run_times.json, pids killed)."""
+    output_dir = str(tmp_path_factory.mktemp("cluster"))
+    killed_step = _run_step(cifar10_path, "killed", os.path.join(output_dir, "killed"))
+    twin = _run_step(cifar10_path, "twin", os.path.join(output_dir, "twin"))
+    # one epoch of channel masks under FGSM: the cheapest RTT to trace
+    rtt = reproduce.Step("rtt", dataclasses.replace(twin.config, mode="rst", init_from=twin.output_dir,
+                                                    init_checkpoint="last", epochs=1, sparsity="channel",
+                                                    attack="fgsm"),
+                         os.path.join(output_dir, "rtt"), (0.5,))
     killed = []
     killer = threading.Thread(target=_kill_the_first_worker_after_a_checkpoint,
-                              args=(output_dir, step.run_dirs()[0], killed, time.time() + 600), daemon=True)
+                              args=(output_dir, killed_step.output_dir, killed, time.time() + 600), daemon=True)
     killer.start()
     messages = []
-    executor = ray_executor.RayExecutor(cluster, cpus_per_run=1, poll_seconds=0.5)
-    reproduce.run_steps([("", step)], output_dir, os.path.join(output_dir, "run_times.json"), executor,
-                        log=messages.append)
-    killer.join(timeout=5)
-    assert killed, "the run finished before its worker could be killed"
+    executor = ray_executor.RayExecutor(cluster, cpus_per_run=1, poll_seconds=0.2)
+    try:
+        reproduce.run_steps([("", killed_step), ("", twin), ("", rtt)], output_dir,
+                            os.path.join(output_dir, "run_times.json"), executor, log=messages.append)
+    finally:
+        killed.append(None)  # stops the killer if the study failed before it could kill
+        killer.join(timeout=5)
     times = json.loads(open(os.path.join(output_dir, "run_times.json")).read())
-    assert times[step.run_dirs()[0]]["resumed"] is True  # Ray ran the task again; it resumed from the checkpoint
-    assert any(message.startswith("runs: 0 done, 2 running, 0 queued") for message in messages)  # one per node
-    assert messages[-1] == "runs: 2 done, 0 running, 0 queued"
-    for run_dir, reference_dir in zip(step.run_dirs(), local_sweep.run_dirs(), strict=True):
-        assert_same_runs(run_dir, reference_dir)
-    assert json.loads(open(os.path.join(output_dir, "rst", "sweep.json")).read())["runs"][0]["best_epoch"] == \
-        json.loads(open(os.path.join(local_sweep.output_dir, "sweep.json")).read())["runs"][0]["best_epoch"]
-    assert not os.path.exists(os.path.join(output_dir, ray_executor.WORK_FOLDER))
+    return (killed_step, twin, rtt), messages, times, [pid for pid in killed if pid is not None]
+
+
+def test_embedded_ray_runs_the_same_run(tmp_path, cifar10_path, local_run):
+    """An empty address starts Ray on this machine (two CPUs: the run asks for one)."""
+    step = _run_step(cifar10_path, "run", str(tmp_path / "run"))
+    messages = []
+    reproduce.run_steps([("", step)], str(tmp_path), str(tmp_path / "run_times.json"),
+                        ray_executor.RayExecutor("", cpus_per_run=1, poll_seconds=0.2), log=messages.append)
+    assert messages[-1] == "runs: 1 done, 0 running, 0 queued"
+    assert sorted(json.loads(open(tmp_path / "run_times.json").read())) == [step.output_dir]
+    assert_same_runs(step.output_dir, local_run)
+
+
+def test_two_node_cluster_runs_in_parallel_and_a_killed_worker_resumes_to_the_same_run(cluster_study):
+    (killed_step, twin, rtt), messages, times, killed = cluster_study
+    assert killed, "the run finished before its worker could be killed"
+    assert times[killed_step.output_dir]["resumed"] is True  # Ray ran the task again; it resumed from the checkpoint
+    assert times[twin.output_dir]["resumed"] is False
+    # one run per node; the RTT waits for its source
+    assert any(message.startswith("runs: 0 done, 2 running, 1 queued") for message in messages), messages
+    assert messages[-1] == "runs: 3 done, 0 running, 0 queued"
+    assert_same_runs(killed_step.output_dir, twin.output_dir)
+    assert not os.path.exists(os.path.join(os.path.dirname(twin.output_dir), ray_executor.WORK_FOLDER))
+
+
+def test_a_run_on_the_cluster_starts_after_the_run_it_starts_from(cluster_study):
+    """The RTT's task gets its source's object reference: it starts once the twin has finished."""
+    (killed_step, twin, rtt), _, times, _ = cluster_study
+    jobs = executors.with_dependencies(reproduce.step_jobs(killed_step) + reproduce.step_jobs(twin)
+                                       + reproduce.step_jobs(rtt))
+    assert [job.after for job in jobs] == [(), (), (twin.output_dir,)]
+    finished = os.stat(os.path.join(twin.output_dir, "metrics.json")).st_mtime_ns
+    started = os.stat(os.path.join(rtt.run_dirs()[0], "config.json")).st_mtime_ns
+    assert started >= finished and executors.is_finished(rtt.run_dirs()[0])
+    assert sorted(times) == sorted([killed_step.output_dir, twin.output_dir, rtt.run_dirs()[0]])
+    assert json.loads(open(os.path.join(rtt.output_dir, "sweep.json")).read())["runs"][0]["remaining_ratio"] == 0.5
+
+
+def test_a_run_on_the_cluster_equals_the_local_executors(cluster_study, local_run):
+    """Equal seeds, --deterministic: the same metrics, config and checkpoint tensors under either executor."""
+    assert_same_runs(cluster_study[0][1].output_dir, local_run)
 
 
 def test_too_many_cpus_per_run_is_one_line_and_writes_nothing(cluster, tmp_path, cifar10_path):
-    step = _rst_sweep(cifar10_path, str(tmp_path / "study"), epochs=1)
+    step = _run_step(cifar10_path, "run", str(tmp_path / "study" / "run"), epochs=1)
     executor = ray_executor.RayExecutor(cluster, cpus_per_run=2)
     with pytest.raises(ValueError, match=r"^cpus_per_run 2 is more than any node of the Ray cluster has "
                                          r"\(at most 1 CPUs on one node\)$"):
         executor.run(reproduce.step_jobs(step), str(tmp_path / "study"))
     assert not (tmp_path / "study").exists()
-
-
-def test_embedded_ray_starts_a_run_after_the_run_it_starts_from(tmp_path, cifar10_path):
-    """An RTT waits for its natural source (two CPUs would run them side by side)."""
-    config = SearchConfig(data_dir=cifar10_path, epochs=1, **TINY)
-    natural = reproduce.Step("natural", dataclasses.replace(config, mode="natural"), str(tmp_path / "natural"))
-    rtt = reproduce.Step("rtt_natural", dataclasses.replace(config, mode="rst", init_from=natural.output_dir,
-                                                            init_checkpoint="last"),
-                         str(tmp_path / "rtt_natural"), (0.5,))
-    jobs = executors.with_dependencies(reproduce.step_jobs(natural) + reproduce.step_jobs(rtt))
-    assert [job.after for job in jobs] == [(), (natural.output_dir,)]
-    executor = ray_executor.RayExecutor("", cpus_per_run=1)
-    reproduce.run_steps([("", natural), ("", rtt)], str(tmp_path), str(tmp_path / "run_times.json"), executor)
-    finished = os.stat(os.path.join(natural.output_dir, "metrics.json")).st_mtime_ns
-    started = os.stat(os.path.join(rtt.run_dirs()[0], "config.json")).st_mtime_ns
-    assert started >= finished and executors.is_finished(rtt.run_dirs()[0])
-    assert sorted(json.loads(open(tmp_path / "run_times.json").read())) == [natural.output_dir, rtt.run_dirs()[0]]
 
 
 def test_dependencies_follow_init_from_and_must_point_backwards(tmp_path):
@@ -200,19 +232,21 @@ def test_an_address_that_does_not_answer_is_one_line_within_30_seconds(tmp_path,
     address = f"127.0.0.1:{_free_port()}"
     began = time.time()
     with pytest.raises(ValueError, match=rf"^ray_address {address}: no Ray cluster answers there"):
-        ray_executor.RayExecutor(address).run(reproduce.step_jobs(_rst_sweep(cifar10_path, str(tmp_path / "a"))),
-                                              str(tmp_path / "a"))
+        ray_executor.RayExecutor(address).run(
+            reproduce.step_jobs(_run_step(cifar10_path, "run", str(tmp_path / "a" / "run"))), str(tmp_path / "a"))
     assert time.time() - began < 30 and not (tmp_path / "a").exists()
     env = dict(os.environ, RST_TF_DATA_DIR=cifar10_path)
     tiny = [f"--{name}={value}" for name, value in TINY.items() if name != "deterministic"]
-    for extra, message in ((["--executor=ray", f"--ray_address={address}"],
-                            f"error: ray_address {address}: no Ray cluster answers there"),
-                           (["--executor=spark"], "error: flag --executor=spark: value should be one of <local|ray>"),
-                           (["--executor=ray", "--ray_address=nowhere"],
-                            "error: --ray_address must be empty, auto, HOST:PORT or ray://HOST:PORT")):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "sweep.py"), *tiny, "--epochs=1",
-                                 "--remaining_ratios=0.5", f"--output_dir={tmp_path / 'b'}", *extra], env=env,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
-        assert result.stderr.startswith(message), result.stderr
+    cases = ((["--executor=ray", f"--ray_address={address}"],
+              f"error: ray_address {address}: no Ray cluster answers there"),
+             (["--executor=spark"], "error: flag --executor=spark: value should be one of <local|ray>"),
+             (["--executor=ray", "--ray_address=nowhere"],
+              "error: --ray_address must be empty, auto, HOST:PORT or ray://HOST:PORT"))
+    apps = [subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "sweep.py"), *tiny, "--epochs=1",
+                              "--remaining_ratios=0.5", f"--output_dir={tmp_path / 'b'}", *extra], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for extra, _ in cases]
+    for app, (_, message) in zip(apps, cases):  # the three side by side
+        _, stderr = app.communicate(timeout=300)
+        assert app.returncode == 2 and stderr.strip().splitlines() == [stderr.strip()]
+        assert stderr.startswith(message), stderr
     assert not (tmp_path / "b").exists()
