@@ -58,6 +58,13 @@ def test_reproduce_flagfile_plans_a_valid_study(path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    if os.path.basename(path) == "scaling.cfg":  # width, seed, step, folder, mode, ratios; then the cost model
+        runs = [row for row in rows if row[0].startswith("width ")]
+        assert {row[0] for row in runs} == {"width 0.0625", "width 0.125", "width 0.25"}
+        assert {row[1] for row in runs} == {"seed 0", "seed 1", "seed 2"} and len(runs) == 18
+        assert {row[5] for row in runs if row[2] == "rst"} == {"ratios=0.05,0.1,0.2"}
+        assert rows[-1][0].startswith("cost model (docs/scaling_pilot.json): training ")
+        return
     ratios = rows[2][4].removeprefix("ratios=").split(",")
     assert len({row[0] for row in rows}) >= 2  # at least two seeds
     if "cpu" in os.path.basename(path):
