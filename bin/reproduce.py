@@ -63,6 +63,10 @@ flags.DEFINE_string("cost_model", "docs/scaling_pilot.json", "The pilot's measur
                     "estimates the scaling study's CPU minutes.")
 flags.DEFINE_integer("study_test_examples", 10000, "Scaling study: test images of its evaluation (the runs' "
                      "own test reports use --test_examples).")
+flags.DEFINE_integer("r2s_test_examples", 0, "Scaling study: R2S on the first this many of its test images "
+                     "(0: all of them); each ticket alone is the runs' own evaluation either way.")
+flags.DEFINE_integer("reference_autoattack_examples", 0, "Scaling study: the standard AutoAttack (the check of the "
+                     "fast one at the widest width's first seed) on the first this many test images (0: all).")
 flags.DEFINE_enum("stop_after", "report", ["train", "evaluate", "report"], "Scaling study: stop after training "
                   "the runs, after evaluating them, or run the whole study.")
 flags.DEFINE_enum("pgd_protocol", "standard", ["standard", "paper"], "PGD of the robust accuracies: standard (step "
@@ -129,6 +133,10 @@ def _scaling(config):
             scaling.check_seeds(seeds)
         except ValueError as error:
             common.fail(f"--seeds: {error}")
+        for name in ("study_test_examples", "r2s_test_examples", "reference_autoattack_examples"):
+            if getattr(FLAGS, name) < (1 if name == "study_test_examples" else 0):
+                common.fail(f"--{name} must be {'positive' if name == 'study_test_examples' else 'at least 0'}, "
+                            f"got {getattr(FLAGS, name)}")
         planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
         if FLAGS.dry_run:
             for width, seed, step in scaling.running_order(planned):
@@ -143,7 +151,9 @@ def _scaling(config):
         results = scaling.run(config, widths, ratios, FLAGS.output_dir, FLAGS.report, seeds,
                               test_examples=FLAGS.study_test_examples, epsilon=float(FLAGS.eval_epsilons[0]),
                               command=command, batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
-                              stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags())
+                              stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags(),
+                              r2s_test_examples=FLAGS.r2s_test_examples or None,
+                              reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
         common.write_flags(FLAGS.output_dir)
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")
@@ -164,11 +174,15 @@ def _print_cost(scaling, planned, config, ratios):
     with open(FLAGS.cost_model) as handle:
         cost = scaling.CostModel(**json.load(handle)["cost_model"])
     found = scaling.estimate(cost, planned, config.train_examples, config.epochs, FLAGS.study_test_examples,
-                             len(ratios))
+                             len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
+                             reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
     widths = ", ".join(f"{w}: {m:.0f}" for w, m in found["per_width"].items())
+    parts = ", ".join(f"{part} {minutes:.0f}" for part, minutes in found["parts"].items())
     print(f"cost model ({FLAGS.cost_model}): training {found['train_cpu_minutes']:.0f} + evaluation "
           f"{found['eval_cpu_minutes']:.0f} = {found['total_cpu_minutes']:.0f} CPU minutes (budget "
-          f"{found['budget_cpu_minutes']:.0f}); by width: {widths}")
+          f"{found['budget_cpu_minutes']:.0f}); by part: {parts}; by width: {widths}")
+    if found["total_cpu_minutes"] > found["budget_cpu_minutes"]:
+        print(f"over the budget by {found['total_cpu_minutes'] - found['budget_cpu_minutes']:.0f} CPU minutes")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def test_reproduce_flagfile_plans_a_valid_study(path):
         assert {row[0] for row in runs} == {"width 0.0625", "width 0.125", "width 0.25"}
         assert {row[1] for row in runs} == {"seed 0", "seed 1", "seed 2"} and len(runs) == 18
         assert {row[5] for row in runs if row[2] == "rst"} == {"ratios=0.05,0.1,0.2"}
-        assert rows[-1][0].startswith("cost model (docs/scaling_pilot.json): training ")
+        cost = next(row[0] for row in rows if row[0].startswith("cost model (docs/scaling_pilot.json): training "))
+        assert "by part: training " in cost and "autoattack_standard" in cost
         return
     ratios = rows[2][4].removeprefix("ratios=").split(",")
     assert len({row[0] for row in rows}) >= 2  # at least two seeds

@@ -61,13 +61,22 @@ def test_bin_reproduce_rejects_bad_scaling_input_in_one_line_and_writes_nothing(
 
 def test_the_cost_model_counts_every_run_at_its_width(tmp_path):
     planned = scaling.plan(SearchConfig(epochs=1), (0.125, 0.25), (0.1, 0.2), str(tmp_path), (0, 1))
-    cost = scaling.CostModel(train_ms={"0.125": 3.0, "0.25": 6.0}, eval_pgd_ms={"0.125": 1.0})
-    found = scaling.estimate(cost, planned, train_examples=1000, epochs=2, test_examples=600, num_ratios=2)
-    # 2 seeds x 3 runs x 2000 image-epochs x (3 + 6) ms; evaluation 0.25 extrapolated as 4x 0.125's.
-    assert found["train_cpu_minutes"] == pytest.approx(2 * 3 * 2000 * 9.0 / 60000)
-    passes = scaling.evaluation_passes(2)
-    assert found["eval_cpu_minutes"] == pytest.approx(2 * passes * 600 * (1.0 + 4.0) / 60000)
-    assert found["total_cpu_minutes"] == pytest.approx(found["train_cpu_minutes"] + found["eval_cpu_minutes"])
+    cost = scaling.CostModel(train_ms={"0.125": 3.0, "0.25": 6.0}, train_rst_ms={"0.125": 4.5},
+                             eval_pgd_ms={"0.125": 1.0}, eval_autoattack_fast_ms={"0.125": 10.0},
+                             standard_over_fast_autoattack=4.0)
+    found = scaling.estimate(cost, planned, train_examples=1000, epochs=2, test_examples=600, num_ratios=2,
+                             r2s_test_examples=300, reference_autoattack_examples=100)
+    parts = found["parts"]
+    # 2 seeds x 2000 image-epochs x (dense 3 + 2 RSTs x 4.5 at 0.125; dense 6 + 2 RSTs x 6 x 4.5 / 3 at 0.25).
+    assert parts["training"] == pytest.approx(2 * 2000 * ((3.0 + 2 * 4.5) + (6.0 + 2 * 9.0)) / 60000)
+    # Evaluation at 0.25 extrapolated as 4x 0.125's; the paper protocol counted as half a pass.
+    assert parts["pgd"] == pytest.approx(2 * 3 * 1.5 * 600 * (1.0 + 4.0) / 60000)
+    assert parts["r2s"] == pytest.approx(2 * (1 + 2 * 2) * 1.5 * 300 * (1.0 + 4.0) / 60000)
+    assert parts["autoattack_fast"] == pytest.approx(2 * 2 * 600 * (10.0 + 40.0) / 60000)
+    assert parts["autoattack_standard"] == pytest.approx(100 * 40.0 * 4.0 / 60000)  # widest width, first seed
+    assert found["train_cpu_minutes"] == pytest.approx(parts["training"])
+    assert found["total_cpu_minutes"] == pytest.approx(sum(parts.values()))
+    assert sum(found["per_width"].values()) == pytest.approx(found["total_cpu_minutes"])
 
 
 def test_slope_weights_recover_a_linear_trend_in_log2_width():
@@ -87,10 +96,10 @@ def _correct(accuracy, seed, salt):
     return contrasts.pack(values)
 
 
-def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=False):
+def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=False, r2s_examples=NUM_IMAGES):
     """A planned study with per-example results: dense AT robust `dense` at every width, the RST at 20% robust
     `dense + gap_by_width[w]`, natural 0.2 above each, R2S vanilla 0.05 above the best ticket, EOT and Ensemble at
-    dense - 0.02."""
+    dense - 0.02 (R2S on the first `r2s_examples` images only)."""
     planned = scaling.plan(SearchConfig(epochs=1), WIDTHS, RATIOS, str(tmp_path), seeds)
     evaluation = {p: {} for p in scaling_report.PROTOCOLS}
     r2s, found_aa = {}, {}
@@ -111,8 +120,9 @@ def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=F
         best = max(ticket["attacked"] for ticket in tickets)
         for protocol in scaling_report.PROTOCOLS:
             r2s[width, seed, protocol] = {"tickets": tickets, "r2s_correct": {
-                "vanilla": _correct(best + 0.05, seed, 50), "eot": _correct(dense - 0.02, seed, 51),
-                "ensemble": _correct(dense - 0.02, seed, 52)}}
+                "vanilla": _correct(best + 0.05, seed, 50)[:r2s_examples],
+                "eot": _correct(dense - 0.02, seed, 51)[:r2s_examples],
+                "ensemble": _correct(dense - 0.02, seed, 52)[:r2s_examples]}}
     measured = {"evaluation": evaluation, "r2s": r2s, "autoattack": found_aa}
     return planned, measured
 
@@ -148,6 +158,34 @@ def test_the_worst_case_includes_autoattack_once_every_compared_run_has_it(tmp_p
     assert worst["rst_above_chance", 0.125]["estimate"] == pytest.approx(0.30 - 0.05 - 0.1)
     del measured["autoattack"][planned[0.25, 1][0].output_dir]
     assert not scaling_report.Measured(planned, measured, 8.0).has_autoattack()
+
+
+def test_r2s_on_the_first_images_is_paired_with_the_other_runs_on_those_images(tmp_path):
+    planned, measured = _synthetic(tmp_path, {0.0625: 0.0, 0.125: 0.0, 0.25: 0.0}, r2s_examples=1000)
+    rows = scaling_report.claims(scaling_report.Measured(planned, measured, 8.0))
+    by = {(row["kind"], row.get("width"), row["protocol"]): row for row in rows}
+    eot = by["r2s_eot_minus_dense", 0.125, "standard"]
+    dense_run = planned[0.125, 0][0].output_dir
+    first = contrasts.unpack(measured["evaluation"]["standard"][dense_run]["robust_correct"]["8"])[:1000]
+    r2s_eot = contrasts.unpack(measured["r2s"][0.125, 0, "standard"]["r2s_correct"]["eot"])
+    assert eot["per_seed"][0] == pytest.approx(r2s_eot.mean() - first.mean())
+    assert by["rst_minus_dense_robust", 0.125, "standard"]["estimate"] == pytest.approx(0.0)  # all images
+
+
+def test_the_standard_autoattack_on_the_first_images_is_a_check_not_part_of_the_worst_case(tmp_path):
+    planned, measured = _synthetic(tmp_path, {0.0625: 0.0, 0.125: 0.0, 0.25: 0.0}, autoattack=True)
+    subject = planned[0.25, 0][1].run_dirs()[-1]
+    fast = contrasts.unpack(measured["autoattack"][subject]["autoattack_fast"]["correct"])
+    standard = fast[:500].copy()
+    standard[np.flatnonzero(standard)[:3]] = 0  # three examples that only the standard one breaks
+    measured["autoattack"][subject]["autoattack"] = {"correct": contrasts.pack(standard)}
+    results = scaling_report.Measured(planned, measured, 8.0)
+    assert results.autoattack_names(subject) == ["autoattack_fast"]
+    assert results.correct(0.25, 0, 0.2, "worst").size == NUM_IMAGES
+    check, = scaling_report.autoattack_check(measured)
+    assert check["run_dir"] == subject and check["examples"] == 500
+    assert check["broken_by_standard_not_fast"] == 3 and check["broken_by_fast_not_standard"] == 0
+    assert check["standard"] == pytest.approx(check["fast"] - 3 / 500)
 
 
 def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path):
@@ -189,6 +227,10 @@ def test_evaluation_of_stand_in_runs_is_cached_for_a_second_call(tmp_path, cifar
                                             reference_autoattack=None, protocols=("standard",))
     measured = evaluate(lambda message: None)
     assert set(measured["evaluation"]) == {"standard"}
+    assert measured["r2s"][0.0625, 1, "standard"]["tickets_from"] == "evaluation"
+    ticket = measured["r2s"][0.0625, 1, "standard"]["tickets"][1]
+    assert ticket["attacked_correct"] == measured["evaluation"]["standard"][planned[0.0625, 1][1].run_dirs()[1]][
+        "robust_correct"]["8"][:len(ticket["attacked_correct"])]
     assert set(measured["evaluation"]["standard"]) == set(scaling.run_dirs(planned))
     entry = measured["evaluation"]["standard"][planned[0.0625, 1][0].output_dir]
     assert len(entry["natural_correct"]) == 12 and set(entry["robust_correct"]) == {"8"}

@@ -100,10 +100,27 @@ def transfer_between(run_dirs, names, epsilon, steps, cache_path, test_sets, see
     return result
 
 
+def first_examples(batches, num_examples):
+    """The first `num_examples` examples of the study's test batches (all of them for None), in the same batches."""
+    if num_examples is None:
+        return batches
+    kept, left = [], int(num_examples)
+    for images, labels in batches:
+        if left <= 0:
+            break
+        kept.append((images[:left], labels[:left]))
+        left -= int(labels.shape[0])
+    return kept
+
+
 def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla", "eot"), seed=0,
-           pgd_protocol="standard"):
+           pgd_protocol="standard", test_examples=None, tickets_measured=None):
     """R2S over the runs' tickets on the study's test set: each ticket alone under the white-box attack and R2S
     under each of `adaptive`, with per-example results, cached in `cache_path`.
+
+    `test_examples`: R2S on the first that many examples of the study's test set only (None: all). With
+    `tickets_measured` (each run's entry of `evaluate_runs` under the same attack and test set, in the order of
+    `run_dirs`), the tickets alone are taken from it instead of being attacked again.
 
     Returns {tickets: [{name, remaining_ratio, natural, attacked, attacked_correct}], r2s: {natural, <kind>...},
     r2s_correct: {<kind>: packed}, best_single: {name, attacked}, num_examples, run_dirs, attack, test_seed}.
@@ -113,18 +130,25 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     cached = run_files.read_json(cache_path)
     attack = pgd(steps, epsilon / 255, pgd_protocol)
     if (cached.get("run_dirs") == list(run_dirs) and cached.get("attack") == dataclasses.asdict(attack)
-            and cached.get("test_seed") == test_sets.test_seed
+            and cached.get("test_seed") == test_sets.test_seed and cached.get("test_examples") == test_examples
             and all(kind in cached.get("r2s_correct", {}) for kind in adaptive)):
         return cached
     banks, _ = tickets.from_runs(list(run_dirs))
     (task, bank), = banks.items()
-    batches = test_sets.batches(run_files.read_config(run_dirs[0]))
+    batches = first_examples(test_sets.batches(run_files.read_config(run_dirs[0])), test_examples)
     evaluation = r2s.BankEvaluation(bank, attack, seed)
     report = {"tickets": [], "r2s": {}, "r2s_correct": {}, "task": task, "run_dirs": list(run_dirs),
-              "attack": dataclasses.asdict(attack), "test_seed": test_sets.test_seed}
+              "attack": dataclasses.asdict(attack), "test_seed": test_sets.test_seed, "test_examples": test_examples,
+              "tickets_from": "evaluation" if tickets_measured else "r2s"}
+    num_examples = sum(int(labels.shape[0]) for _, labels in batches)
     for index, ticket in enumerate(bank.tickets):
-        natural = evaluation.ticket_correct(batches, index, attacked=False)
-        attacked = evaluation.ticket_correct(batches, index, natural=natural)
+        if tickets_measured:
+            entry = tickets_measured[index]
+            natural = contrasts.unpack(entry["natural_correct"])[:num_examples]
+            attacked = contrasts.unpack(entry["robust_correct"][f"{epsilon:g}"])[:num_examples]
+        else:
+            natural = evaluation.ticket_correct(batches, index, attacked=False)
+            attacked = evaluation.ticket_correct(batches, index, natural=natural)
         report["tickets"].append({"name": ticket.name, "remaining_ratio": ticket.remaining_ratio,
                                   "natural": float(natural.mean()), "attacked": float(attacked.mean()),
                                   "attacked_correct": contrasts.pack(attacked)})
@@ -141,9 +165,10 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     return report
 
 
-def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print):
+def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print, test_examples=None):
     """Each attack of the registry named in `wanted` ({run_dir: [attack name]}) at ε/255 on that run's checkpoint
-    (`checkpoint_of`), on the study's test set. Returns {run_dir: {attack: {accuracy, correct (packed), interval,
+    (`checkpoint_of`), on the study's test set, or on its first `test_examples[name]` examples for an attack that
+    `test_examples` ({name: count}) names. Returns {run_dir: {attack: {accuracy, correct (packed), interval,
     num_examples, seconds, cpu_seconds}}}, cached in `cache_path` per run and attack."""
     from rst_tf.reports import suite
 
@@ -151,15 +176,19 @@ def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print):
     for run_dir, names in wanted.items():
         for name in names:
             cached = cache.get(run_dir, {}).get(name, {})
-            if cached.get("test_seed") == test_sets.test_seed and cached.get("epsilon") == float(epsilon):
+            limit = (test_examples or {}).get(name)
+            if (cached.get("test_seed") == test_sets.test_seed and cached.get("epsilon") == float(epsilon)
+                    and cached.get("test_examples") == limit):
                 continue
             network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
             attack = suite.attack_config(name, epsilon / 255)
-            result = suite.evaluate_attacks(network, test_sets.batches(config), [attack], seed=seed)["attacks"][0]
+            batches = first_examples(test_sets.batches(config), limit)
+            result = suite.evaluate_attacks(network, batches, [attack], seed=seed)["attacks"][0]
             cache.setdefault(run_dir, {})[name] = {
                 "accuracy": result["accuracy"], "interval": result["interval"], "correct": contrasts.pack(
                     result["correct"]), "num_examples": result["num_examples"], "seconds": result["seconds"],
-                "cpu_seconds": result["cpu_seconds"], "epsilon": float(epsilon), "test_seed": test_sets.test_seed}
+                "cpu_seconds": result["cpu_seconds"], "epsilon": float(epsilon), "test_seed": test_sets.test_seed,
+                "test_examples": limit}
             log(f"{name} of {run_dir}: {result['accuracy']:.4f} ({result['cpu_seconds'] / 60:.1f} CPU min)")
             run_files.write_json(cache_path, cache)
     return {run_dir: {name: cache[run_dir][name] for name in names} for run_dir, names in wanted.items()}

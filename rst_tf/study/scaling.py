@@ -101,11 +101,17 @@ def train(planned, output_dir, progress=False, log=print, executor=None):
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    """CPU milliseconds per training image-epoch and per evaluated example, by width, measured by the pilot
-    (docs/scaling_pilot.json). `eval_pgd_ms` is one PGD-20 pass of one model over one test example; the other
-    evaluations are counted in such passes (`evaluation_passes`)."""
+    """CPU milliseconds by width, measured by the pilot (docs/scaling_pilot.json): per training image-epoch of dense
+    AT (`train_ms`) and of the RST search (`train_rst_ms`, where measured), per test example of one PGD-20 pass
+    (`eval_pgd_ms`) and of the fast AutoAttack (`eval_autoattack_fast_ms`), and the ratio of the standard
+    AutoAttack's cost to the fast one's (`standard_over_fast_autoattack`). A figure not measured is counted from
+    the others: the RST search at dense AT's cost times the ratio of the two where both were measured, the fast
+    AutoAttack at `AUTOATTACK_FAST_PASSES` PGD-20 passes."""
     train_ms: dict
     eval_pgd_ms: dict
+    train_rst_ms: dict = dataclasses.field(default_factory=dict)
+    eval_autoattack_fast_ms: dict = dataclasses.field(default_factory=dict)
+    standard_over_fast_autoattack: float = None
 
     def at(self, table, width):
         """The measured figure at `width`, or the nearest measured one scaled by the ratio of widths squared."""
@@ -115,32 +121,63 @@ class CostModel:
         nearest = min(table, key=lambda w: abs(math.log(w / width)))
         return table[nearest] * (width / nearest) ** 2
 
+    def train_rst(self, width):
+        if not self.train_rst_ms:
+            return self.at(self.train_ms, width)
+        both = [float(w) for w in self.train_rst_ms if w in self.train_ms]
+        if float(width) in [float(w) for w in self.train_rst_ms] or not both:
+            return self.at(self.train_rst_ms, width)
+        nearest = min(both, key=lambda w: abs(math.log(w / width)))
+        return self.at(self.train_ms, width) * self.at(self.train_rst_ms, nearest) / self.at(self.train_ms, nearest)
 
-def evaluation_passes(num_ratios, autoattack_fast_passes=6.0, paper_share=0.5):
-    """PGD-20-equivalent model passes over the test set per (width, seed): PGD-20 under both protocols for each run
-    (the paper's stops attacking an example once it is misclassified: counted as `paper_share` of a pass), R2S under
-    both protocols (each ticket alone, the vanilla attack, and EOT and Ensemble at one pass per ticket), and the fast
-    AutoAttack of dense AT and the RST at 20% (`autoattack_fast_passes` each: APGD-CE's 100 iterations on the
-    correctly classified, then 3 x 100 targeted ones on the survivors)."""
-    protocols = 1 + paper_share
-    pgd = (1 + num_ratios) * protocols
-    r2s = (3 * num_ratios + 1) * protocols
-    return pgd + r2s + 2 * autoattack_fast_passes
+    def autoattack_fast(self, width):
+        if self.eval_autoattack_fast_ms:
+            return self.at(self.eval_autoattack_fast_ms, width)
+        return AUTOATTACK_FAST_PASSES * self.at(self.eval_pgd_ms, width)
 
 
-def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios):
-    """{train_cpu_minutes, eval_cpu_minutes, total_cpu_minutes, per_width: {w: minutes}} of the whole plan."""
+# PGD-20 passes that one fast AutoAttack costs when the pilot did not time it: APGD-CE's 100 iterations on the
+# correctly classified, then 3 x 100 targeted ones on the survivors.
+AUTOATTACK_FAST_PASSES = 6.0
+# The standard AutoAttack's cost in fast ones when the pilot read no measured ratio (the fast one's aim: a fifth).
+STANDARD_OVER_FAST_AUTOATTACK = 5.0
+# The paper's PGD protocol stops attacking an example once it is misclassified: counted as this share of a pass.
+PAPER_PROTOCOL_SHARE = 0.5
+
+
+def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r2s_test_examples=None,
+             reference_autoattack_examples=None):
+    """The plan's CPU minutes: {train_cpu_minutes, eval_cpu_minutes, total_cpu_minutes, parts: {part: minutes},
+    per_width: {w: minutes}, budget_cpu_minutes}. Evaluation (as `evaluate` does it): PGD-20 of every run under both
+    protocols on `test_examples`; R2S under both protocols (the vanilla attack one pass, EOT and Ensemble one pass
+    per ticket; the tickets alone are the runs' own results) on `r2s_test_examples`; the fast AutoAttack of dense AT
+    and the RST at 20% on `test_examples`; the standard AutoAttack of that RST at the widest width's first seed on
+    `reference_autoattack_examples`."""
+    r2s_examples = test_examples if r2s_test_examples is None else min(r2s_test_examples, test_examples)
+    reference_examples = (test_examples if reference_autoattack_examples is None
+                          else min(reference_autoattack_examples, test_examples))
+    protocols = 1 + PAPER_PROTOCOL_SHARE
+    parts = dict.fromkeys(("training", "pgd", "r2s", "autoattack_fast", "autoattack_standard"), 0.0)
     per_width = {}
-    train_minutes = eval_minutes = 0.0
+    widest, first_seed = max(width for width, _ in planned), next(iter(planned))[1]
     for (width, seed), steps in planned.items():
-        runs = sum(len(step.run_dirs()) for step in steps)
-        trained = runs * train_examples * epochs * cost.at(cost.train_ms, width) / 60000
-        evaluated = evaluation_passes(num_ratios) * test_examples * cost.at(cost.eval_pgd_ms, width) / 60000
-        train_minutes += trained
-        eval_minutes += evaluated
-        per_width[f"{width:g}"] = per_width.get(f"{width:g}", 0.0) + trained + evaluated
+        found = {
+            "training": sum(len(step.run_dirs()) * train_examples * epochs * (
+                cost.at(cost.train_ms, width) if step.name == "dense_at" else cost.train_rst(width))
+                for step in steps) / 60000,
+            "pgd": (1 + num_ratios) * protocols * test_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
+            "r2s": (1 + 2 * num_ratios) * protocols * r2s_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
+            "autoattack_fast": 2 * test_examples * cost.autoattack_fast(width) / 60000,
+            "autoattack_standard": (reference_examples * cost.autoattack_fast(width) * (
+                cost.standard_over_fast_autoattack or STANDARD_OVER_FAST_AUTOATTACK) / 60000
+                if (width, seed) == (widest, first_seed) else 0.0)}
+        for part, minutes in found.items():
+            parts[part] += minutes
+        per_width[f"{width:g}"] = per_width.get(f"{width:g}", 0.0) + sum(found.values())
+    train_minutes = parts["training"]
+    eval_minutes = sum(parts.values()) - train_minutes
     return {"train_cpu_minutes": train_minutes, "eval_cpu_minutes": eval_minutes,
-            "total_cpu_minutes": train_minutes + eval_minutes, "per_width": per_width,
+            "total_cpu_minutes": train_minutes + eval_minutes, "parts": parts, "per_width": per_width,
             "budget_cpu_minutes": CPU_MINUTES_BUDGET}
 
 
@@ -159,16 +196,18 @@ def claim_ratio(remaining_ratios):
 
 
 def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoattack=("autoattack_fast",),
-             reference_autoattack="autoattack", protocols=None):
+             reference_autoattack="autoattack", protocols=None, r2s_test_examples=None,
+             reference_autoattack_examples=None):
     """Every measurement of the study on `test_sets` (all cached, so a killed evaluation continues):
 
     - natural and PGD-`steps` accuracy at `epsilon` (/255) of every run, under each PGD protocol
       (OUTPUT_DIR/evaluation.json, evaluation_paper.json);
-    - R2S over each (width, seed)'s RSTs under the vanilla, EOT and Ensemble attacks, each ticket alone too, under
-      each protocol (OUTPUT_DIR/width_<w>/seed_<s>/r2s.json, r2s_paper.json);
+    - R2S over each (width, seed)'s RSTs under the vanilla, EOT and Ensemble attacks, under each protocol, on the
+      first `r2s_test_examples` test images (None: all); each ticket alone is the run's own PGD result above
+      (OUTPUT_DIR/width_<w>/seed_<s>/r2s.json, r2s_paper.json);
     - each attack of `autoattack` that the attack registry holds, on dense AT and the RST nearest 20% of every
-      (width, seed), and `reference_autoattack` on that RST of the widest width's first seed
-      (OUTPUT_DIR/autoattack.json).
+      (width, seed), and `reference_autoattack` on that RST of the widest width's first seed, on the first
+      `reference_autoattack_examples` test images (None: all) (OUTPUT_DIR/autoattack.json).
 
     `protocols` (default: every PGD protocol) limits the PGD and R2S measurements to some protocols.
 
@@ -190,9 +229,12 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
         for protocol in protocols:
             log(f"width {width:g} seed {seed}: R2S over {len(rst_step(steps_of_run).run_dirs())} tickets "
                 f"({protocol} PGD)")
+            ticket_runs = rst_step(steps_of_run).run_dirs()
             r2s[width, seed, protocol] = measure.r2s_of(
-                rst_step(steps_of_run).run_dirs(), epsilon, steps, os.path.join(folder, cache_name("r2s", protocol)),
-                test_sets, adaptive=("vanilla", "eot", "ensemble"), seed=seed, pgd_protocol=protocol)
+                ticket_runs, epsilon, steps, os.path.join(folder, cache_name("r2s", protocol)), test_sets,
+                adaptive=("vanilla", "eot", "ensemble"), seed=seed, pgd_protocol=protocol,
+                test_examples=r2s_test_examples,
+                tickets_measured=[evaluation[protocol][run_dir] for run_dir in ticket_runs])
     wanted = {}
     for (width, seed), steps_of_run in planned.items():
         rst = rst_step(steps_of_run)
@@ -206,13 +248,15 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     if reference_autoattack in attacks.REGISTRY:
         wanted.setdefault(reference_run, []).append(reference_autoattack)
     found = measure.autoattack_runs(wanted, epsilon, os.path.join(output_dir, "autoattack.json"), test_sets,
-                                    first_seed, log)
+                                    first_seed, log, test_examples={reference_autoattack: reference_autoattack_examples})
     return {"evaluation": evaluation, "r2s": r2s, "autoattack": found}
 
 
 def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_examples=10000, epsilon=8.0,
-        command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None):
-    """The whole study: train every run (`train`), evaluate them on `test_examples` test images (`evaluate`) and
+        command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None,
+        r2s_test_examples=None, reference_autoattack_examples=None):
+    """The whole study: train every run (`train`), evaluate them on `test_examples` test images (`evaluate`; R2S
+    and the standard AutoAttack on the first `r2s_test_examples` and `reference_autoattack_examples` of them) and
     write the report (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as
     JSON in <report>.json. Returns that JSON's content, or None when `stop_after` is "train" or "evaluate". The runs
     go through `executor` (default: one after another here), the evaluation runs here. The same call continues a
@@ -228,7 +272,9 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     if stop_after == "train":
         return None
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
-    measured = evaluate(planned, output_dir, test_sets, epsilon, config.eval_attack_steps, log)
+    measured = evaluate(planned, output_dir, test_sets, epsilon, config.eval_attack_steps, log,
+                        r2s_test_examples=r2s_test_examples,
+                        reference_autoattack_examples=reference_autoattack_examples)
     if stop_after == "evaluate":
         return None
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))

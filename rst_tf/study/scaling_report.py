@@ -49,12 +49,17 @@ class Measured:
             return evaluation[protocol][run_dir]["robust_correct"][self.key]
         rows = [contrasts.unpack(evaluation[p][run_dir]["robust_correct"][self.key]) for p in PROTOCOLS]
         if self.has_autoattack():
-            rows += [contrasts.unpack(entry["correct"])
-                     for entry in self.measured["autoattack"].get(run_dir, {}).values()]
+            rows += [contrasts.unpack(entry["correct"]) for entry in self.full_autoattacks(run_dir).values()]
         return np.minimum.reduce(rows)
 
+    def full_autoattacks(self, run_dir):
+        """The AutoAttacks measured on every test image of the study (not on a first part of it) of `run_dir`."""
+        size = len(self.measured["evaluation"]["standard"][run_dir]["natural_correct"])
+        return {name: entry for name, entry in self.measured["autoattack"].get(run_dir, {}).items()
+                if len(entry["correct"]) == size}
+
     def autoattack_names(self, run_dir):
-        return sorted(self.measured["autoattack"].get(run_dir, {}))
+        return sorted(self.full_autoattacks(run_dir))
 
     def has_autoattack(self):
         """Whether an AutoAttack was measured on every run that the claims compare."""
@@ -63,6 +68,15 @@ class Measured:
 
     def r2s(self, width, seed, protocol):
         return self.measured["r2s"][width, seed, protocol]
+
+    def r2s_examples(self, width, seed, protocol):
+        """How many of the test images (the first ones) R2S was measured on."""
+        return len(self.r2s(width, seed, protocol)["r2s_correct"]["vanilla"])
+
+
+def _first(correct, num_examples):
+    """The first `num_examples` per-example results (packed or array)."""
+    return correct[:num_examples]
 
 
 def _row(section, claim, rule_text, direction, margin, terms_by_seed, offset=0.0, note="", **extra):
@@ -106,7 +120,8 @@ def width_claims(results, width):
         for s in seeds:
             report = results.r2s(width, s, protocol)
             best = max(report["tickets"], key=lambda row: row["attacked"])
-            terms.append([(1.0, report["r2s_correct"]["vanilla"]), (-1.0, best["attacked_correct"])])
+            terms.append([(1.0, report["r2s_correct"]["vanilla"]),
+                          (-1.0, _first(best["attacked_correct"], results.r2s_examples(width, s, protocol)))])
         rows.append(_row(f"width {width:g}", f"R2S beats its best single ticket under the vanilla attack "
                          f"({_robust_label(results, protocol)})", "R2S minus best single ticket", ">", 0.0, terms,
                          note=note, width=width, kind="r2s_minus_best_single", protocol=protocol))
@@ -115,7 +130,8 @@ def width_claims(results, width):
                 f"width {width:g}", f"R2S under {label} beats dense AT (Table 5; {_robust_label(results, protocol)})",
                 f"R2S ({kind}) minus dense AT", ">", 0.0,
                 [[(1.0, results.r2s(width, s, protocol)["r2s_correct"][kind]),
-                  (-1.0, results.correct(width, s, "dense_at", protocol))] for s in seeds],
+                  (-1.0, _first(results.correct(width, s, "dense_at", protocol),
+                                results.r2s_examples(width, s, protocol)))] for s in seeds],
                 note=note, width=width, kind=f"r2s_{kind}_minus_dense", protocol=protocol))
     return rows
 
@@ -170,6 +186,23 @@ def accuracy_table(results):
                 table[f"{width:g}"].setdefault(f"R2S {kind}", {})[protocol] = {
                     key: found[key] for key in ("estimate", "interval", "per_seed")}
     return table
+
+
+def autoattack_check(measured, reference="autoattack", fast="autoattack_fast"):
+    """Per run where both were measured, the standard AutoAttack against the fast one on the images of the
+    standard one (the first of the study's test set): [{run_dir, examples, standard, fast, broken_by_standard_not_fast,
+    broken_by_fast_not_standard}]."""
+    rows = []
+    for run_dir, entries in measured["autoattack"].items():
+        if reference not in entries or fast not in entries:
+            continue
+        standard = contrasts.unpack(entries[reference]["correct"])
+        faster = contrasts.unpack(entries[fast]["correct"])[:standard.size]
+        rows.append({"run_dir": run_dir, "examples": int(standard.size), "standard": float(standard.mean()),
+                     "fast": float(faster.mean()),
+                     "broken_by_standard_not_fast": int(((standard == 0) & (faster == 1)).sum()),
+                     "broken_by_fast_not_standard": int(((faster == 0) & (standard == 1)).sum())})
+    return rows
 
 
 def gap_figure(results, rows, path):
@@ -239,7 +272,7 @@ def _verdict_counts(rows):
     return f"Of {len(rows)} claims: " + ", ".join(f"{counts[v]} {v}" for v in contrasts.VERDICTS) + "."
 
 
-def markdown(command, scale, rows, table, figure_file, times, notes):
+def markdown(command, scale, rows, table, figure_file, times, notes, checks=()):
     lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "",
              "Command:", "", "```sh", command, "```", "",
              "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
@@ -261,6 +294,13 @@ def markdown(command, scale, rows, table, figure_file, times, notes):
             cells = [_pct(entry[c]) if c in entry else "-" for c in columns]
             lines.append(f"| {width} | {label} | " + " | ".join(cells) + " |")
     lines += ["", f"![RST minus dense AT against width]({figure_file})", ""]
+    if checks:
+        lines += ["## The fast AutoAttack against the standard one", "",
+                  "| run | images | standard | fast | broken by standard, not fast | broken by fast, not standard |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['run_dir']} | {row['examples']} | {100 * row['standard']:.1f}% | {100 * row['fast']:.1f}% "
+                  f"| {row['broken_by_standard_not_fast']} | {row['broken_by_fast_not_standard']} |" for row in checks]
+        lines.append("")
     if times:
         lines += ["## Run times", "", "| run | wall min | CPU min | resumed |", "|---|---|---|---|"]
         for run_dir, row in times.items():
@@ -304,11 +344,17 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
         "in quadrature (`contrasts.contrast`); a trend is the least-squares slope against log2(width) formed per "
         "seed, so the seeds are its replicates. \"holds\": the interval lies on the claim's side of its margin; "
         "\"does not hold\": wholly on the other side; else \"undecided at this scale\"."]
-    text = markdown(command, scale, rows, table, relative, times, notes)
+    checks = autoattack_check(measured)
+    r2s_examples = sorted({len(report["r2s_correct"]["vanilla"]) for report in measured["r2s"].values()})
+    if r2s_examples and r2s_examples != [test_examples]:
+        scale["R2S test images"] = ", ".join(map(str, r2s_examples)) + " (the first of the test images)"
+        notes += ["", "R2S is measured on the first test images only (above); every claim that involves it pairs it "
+                  "with the other runs' results on those same images."]
+    text = markdown(command, scale, rows, table, relative, times, notes, checks)
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
-             "scale": scale, "claims": rows, "accuracy": table, "run_times": times}
+             "scale": scale, "claims": rows, "accuracy": table, "autoattack_check": checks, "run_times": times}
     run_files.write_json(stem + ".json", found)
     return found
