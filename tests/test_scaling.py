@@ -223,10 +223,18 @@ def test_evaluation_of_stand_in_runs_is_cached_for_a_second_call(tmp_path, cifar
             ticket_fixtures.write_run(run_dir, run_config, variation=10 * seed + index + 1)
     test_sets = measure.TestSets(cifar10_path, 16, test_seed=0, test_examples=12)
     output = str(tmp_path / "runs")
-    evaluate = lambda log: scaling.evaluate(planned, output, test_sets, 8.0, 1, log=log, autoattack=(),  # noqa
-                                            reference_autoattack=None, protocols=("standard",))
+    # One-step attacks stand in for the AutoAttacks: the same paths, on all 12 images and on the first 6.
+    evaluate = lambda log: scaling.evaluate(planned, output, test_sets, 8.0, 1, log=log, autoattack=("fgsm",),  # noqa
+                                            reference_autoattack="fgsm_rs", protocols=("standard",),
+                                            r2s_test_examples=8, reference_autoattack_examples=6)
     measured = evaluate(lambda message: None)
     assert set(measured["evaluation"]) == {"standard"}
+    subject = planned[0.0625, 0][1].run_dirs()[-1]  # the RST at 20% of the widest width's first seed
+    assert set(measured["autoattack"]) == {dense.output_dir for dense, _ in planned.values()} | {
+        rst.run_dirs()[-1] for _, rst in planned.values()}
+    assert len(measured["autoattack"][subject]["fgsm_rs"]["correct"]) == 6
+    assert len(measured["autoattack"][subject]["fgsm"]["correct"]) == 12
+    assert [len(measured["r2s"][0.0625, s, "standard"]["r2s_correct"]["eot"]) for s in (0, 1)] == [8, 8]
     assert measured["r2s"][0.0625, 1, "standard"]["tickets_from"] == "evaluation"
     ticket = measured["r2s"][0.0625, 1, "standard"]["tickets"][1]
     assert ticket["attacked_correct"] == measured["evaluation"]["standard"][planned[0.0625, 1][1].run_dirs()[1]][
