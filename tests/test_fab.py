@@ -57,6 +57,28 @@ def test_projection_is_the_smallest_linf_step_inside_the_box():
     assert reached > 50 and unreachable > 10
 
 
+def test_newton_projection_settles_on_the_sorted_solution_and_falls_back_to_it(monkeypatch):
+    """Newton's budget equals the one read off the sorted rooms on image-sized rows, in a few steps; with too few
+    steps allowed the projection sorts instead and gives the same steps."""
+    rng = np.random.default_rng(2)
+    points = rng.uniform(0.0, 1.0, (6, 3072)).astype("float32")
+    normals = (rng.normal(size=(6, 3072)) * rng.uniform(0.0, 1.0, (6, 3072)) ** 4).astype("float32")
+    targets = np.clip(points + rng.uniform(-0.05, 0.05, (6, 1)) * np.sign(normals), 0, 1)
+    offsets = (normals * targets).sum(-1).astype("float32")
+    offsets[-1] = 1e4  # beyond the box
+    residual = (normals * points).sum(-1) - offsets
+    direction = np.where(residual >= 0, -1.0, 1.0)[:, None] * np.sign(normals)
+    room = tf.constant(np.where(direction > 0, 1 - points, np.where(direction < 0, points, 0)).astype("float32"))
+    weight, needed = tf.constant(np.abs(normals)), tf.constant(np.abs(residual).astype("float32"))
+    newton, settled = fab._newton_budget(room, weight, needed)
+    assert np.all(settled.numpy())
+    np.testing.assert_allclose(newton.numpy(), fab._sorted_budget(room, weight, needed).numpy(), rtol=1e-5)
+    assert np.isinf(newton.numpy()[-1]) and np.all(np.isfinite(newton.numpy()[:-1]))
+    steps = fab.project_linf(points, normals, offsets).numpy()
+    monkeypatch.setattr(fab, "NEWTON_STEPS", 1)
+    np.testing.assert_allclose(fab.project_linf(points, normals, offsets).numpy(), steps, atol=1e-6)
+
+
 def test_projection_batches_rows_independently():
     rng = np.random.default_rng(1)
     points = rng.uniform(0.0, 1.0, (5, 16)).astype("float32")

@@ -44,9 +44,11 @@ def project_linf(points, normals, offsets, clip_min=0.0, clip_max=1.0):
       moved to the edge of the box on the side that brings ``normals . z`` towards ``offsets``.
 
     With L-inf budget ``lam`` each coordinate moves ``min(lam, room_i)`` in its useful direction, so the progress
-    ``sum_i |w_i| min(lam, room_i)`` is increasing and piecewise linear in ``lam``; evaluated at the sorted
-    ``room_i`` it locates the linear piece that holds the solution. This is the step of the reference FAB's
-    sort-and-bisect ``projection_linf`` (fra31/auto-attack), unreachable case included, in a box of any bounds.
+    ``sum_i |w_i| min(lam, room_i)`` is increasing, concave and piecewise linear in ``lam``. Newton's method from
+    ``lam = 0`` (`_newton_budget`) stays below the solution and reaches it exactly, on the linear piece that holds
+    it, after a few steps; rows it has not settled within `NEWTON_STEPS` fall back to sorting the rooms
+    (`_sorted_budget`). Either is the step of the reference FAB's sort-and-bisect ``projection_linf``
+    (fra31/auto-attack), unreachable case included, in a box of any bounds.
     """
     points = tf.convert_to_tensor(points)
     normals = tf.convert_to_tensor(normals, points.dtype)
@@ -58,7 +60,41 @@ def project_linf(points, normals, offsets, clip_min=0.0, clip_max=1.0):
     room = tf.where(direction > 0, clip_max - points, tf.where(direction < 0, points - clip_min, tf.zeros_like(points)))
     needed = tf.abs(residual)
     weight = tf.abs(normals)
+    budget, settled = _newton_budget(room, weight, needed)
+    budget = tf.cond(tf.reduce_all(settled), lambda: budget, lambda: _sorted_budget(room, weight, needed))
+    return direction * tf.minimum(budget[:, None], room)
 
+
+# Newton steps of the projection before it falls back to sorting (a handful suffice on images).
+NEWTON_STEPS = 32
+
+
+def _newton_budget(room, weight, needed):
+    """(L-inf budget per row, settled per row) by Newton's method on the progress: with S the coordinates whose room
+    is within the budget, the next budget is ``(needed - sum_S w room) / sum_not_S w``; the budget only grows, and it
+    is the solution once S no longer changes. +inf where the box does not reach the hyperplane."""
+    full = weight * room
+    reachable = tf.reduce_sum(full, axis=-1) >= needed
+    zeros = tf.zeros_like(room)
+    tiny = tf.constant(_TINY, room.dtype)
+
+    def body(step, budget, count, settled):
+        saturated = room <= budget[:, None]
+        filled = tf.reduce_sum(tf.where(saturated, full, zeros), axis=-1)
+        active = tf.reduce_sum(tf.where(saturated, zeros, weight), axis=-1)
+        new_count = tf.reduce_sum(tf.cast(saturated, tf.int32), axis=-1)
+        budget = tf.maximum((needed - filled) / tf.maximum(active, tiny), budget)
+        return step + 1, tf.where(reachable, budget, tf.zeros_like(budget)), new_count, new_count == count
+
+    start = (tf.constant(0), tf.zeros_like(needed), -tf.ones_like(needed, tf.int32), tf.zeros_like(needed, tf.bool))
+    _, budget, _, settled = tf.while_loop(lambda step, *state: (step < NEWTON_STEPS) & ~tf.reduce_all(state[-1]),
+                                          body, start)
+    return tf.where(reachable, budget, tf.constant(np.inf, room.dtype)), settled | ~reachable
+
+
+def _sorted_budget(room, weight, needed):
+    """The L-inf budget per row from the progress at the sorted rooms: the j-th smallest room locates the linear
+    piece that holds the solution. +inf where the box does not reach the hyperplane."""
     order = tf.argsort(room, axis=-1)
     sorted_room = tf.gather(room, order, batch_dims=1)
     sorted_weight = tf.gather(weight, order, batch_dims=1)
@@ -67,14 +103,13 @@ def project_linf(points, normals, offsets, clip_min=0.0, clip_max=1.0):
     active = tf.cumsum(sorted_weight, axis=-1, reverse=True)
     progress = saturated + sorted_room * active
     piece = tf.reduce_sum(tf.cast(progress < needed[:, None], tf.int32), axis=-1)
-    features = tf.shape(points)[-1]
+    features = tf.shape(room)[-1]
     reachable = piece < features
     piece = tf.minimum(piece, features - 1)
     piece_saturated = tf.gather(saturated, piece, batch_dims=1)
     piece_active = tf.gather(active, piece, batch_dims=1)
-    budget = (needed - piece_saturated) / tf.maximum(piece_active, tf.constant(_TINY, points.dtype))
-    budget = tf.where(reachable, tf.maximum(budget, tf.zeros_like(budget)), tf.constant(np.inf, points.dtype))
-    return direction * tf.minimum(budget[:, None], room)
+    budget = (needed - piece_saturated) / tf.maximum(piece_active, tf.constant(_TINY, room.dtype))
+    return tf.where(reachable, tf.maximum(budget, tf.zeros_like(budget)), tf.constant(np.inf, room.dtype))
 
 
 def ranked_targets(logits, labels, count):
