@@ -46,11 +46,10 @@ def _eval_cpu_ms(run_dir, data_dir, eval_examples, attack_name="pgd20"):
     return 1000 * result["attacks"][0]["cpu_seconds"] / eval_examples
 
 
-def _train_cpu_seconds(timed, study_dir, relative_run):
+def _train_cpu_seconds(timed, relative_run):
     """The CPU seconds that OUTPUT_DIR/run_times.json holds for the run at `relative_run` under the study, or None
     (also for a resumed run, whose seconds are those of its last part only)."""
-    key = next((k for k in timed if os.path.normpath(k) == os.path.normpath(os.path.relpath(
-        os.path.join(study_dir, relative_run))) or os.path.normpath(k).endswith(os.path.normpath(relative_run))), None)
+    key = next((k for k in timed if os.path.normpath(k).endswith(os.path.normpath(relative_run))), None)
     return timed[key]["cpu_seconds"] if key and not timed[key].get("resumed") else None
 
 
@@ -87,12 +86,12 @@ def main():
             continue
         final = metrics["final"]
         image_epochs = final["num_train"] * len(metrics["epochs"])
-        cpu_seconds = _train_cpu_seconds(timed, args.study_dir, os.path.join(f"width_{width:g}", "seed_0", "dense_at"))
+        cpu_seconds = _train_cpu_seconds(timed, os.path.join(f"width_{width:g}", "seed_0", "dense_at"))
         cpu_seconds = outside.get(width) if cpu_seconds is None else cpu_seconds
         train_ms[f"{width:g}"] = None if cpu_seconds is None else 1000 * cpu_seconds / image_epochs
         rst_root = os.path.join(f"width_{width:g}", "seed_0", "rst")
         rst_seconds = [seconds for seconds in (
-            _train_cpu_seconds(timed, args.study_dir, os.path.join(rst_root, name))
+            _train_cpu_seconds(timed, os.path.join(rst_root, name))
             for name in (sorted(os.listdir(os.path.join(args.study_dir, rst_root)))
                          if os.path.isdir(os.path.join(args.study_dir, rst_root)) else [])) if seconds is not None]
         if rst_seconds:

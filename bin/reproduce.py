@@ -62,11 +62,12 @@ flags.DEFINE_list("widths", ["0.0625", "0.125", "0.25"], "Width multipliers of t
 flags.DEFINE_string("cost_model", "docs/scaling_pilot.json", "The pilot's measured costs, from which --dry_run "
                     "estimates the scaling study's CPU minutes.")
 flags.DEFINE_integer("study_test_examples", 10000, "Scaling study: test images of its evaluation (the runs' "
-                     "own test reports use --test_examples).")
+                     "own test reports use --test_examples).", lower_bound=1)
 flags.DEFINE_integer("r2s_test_examples", 0, "Scaling study: R2S on the first this many of its test images "
-                     "(0: all of them); each ticket alone is the runs' own evaluation either way.")
+                     "(0: all of them); each ticket alone is the runs' own evaluation either way.", lower_bound=0)
 flags.DEFINE_integer("reference_autoattack_examples", 0, "Scaling study: the standard AutoAttack (the check of the "
-                     "fast one at the widest width's first seed) on the first this many test images (0: all).")
+                     "fast one at the widest width's first seed) on the first this many test images (0: all).",
+                     lower_bound=0)
 flags.DEFINE_enum("stop_after", "report", ["train", "evaluate", "report"], "Scaling study: stop after training "
                   "the runs, after evaluating them, or run the whole study.")
 flags.DEFINE_enum("pgd_protocol", "standard", ["standard", "paper"], "PGD of the robust accuracies: standard (step "
@@ -133,10 +134,6 @@ def _scaling(config):
             scaling.check_seeds(seeds)
         except ValueError as error:
             common.fail(f"--seeds: {error}")
-        for name in ("study_test_examples", "r2s_test_examples", "reference_autoattack_examples"):
-            if getattr(FLAGS, name) < (1 if name == "study_test_examples" else 0):
-                common.fail(f"--{name} must be {'positive' if name == 'study_test_examples' else 'at least 0'}, "
-                            f"got {getattr(FLAGS, name)}")
         planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
         if FLAGS.dry_run:
             for width, seed, step in scaling.running_order(planned):

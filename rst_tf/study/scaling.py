@@ -122,11 +122,11 @@ class CostModel:
         return table[nearest] * (width / nearest) ** 2
 
     def train_rst(self, width):
-        if not self.train_rst_ms:
-            return self.at(self.train_ms, width)
+        """The RST search's figure: measured at `width`, else dense AT's there times the ratio of the two at the
+        nearest width where both were measured (dense AT's alone if none was)."""
         both = [float(w) for w in self.train_rst_ms if w in self.train_ms]
-        if float(width) in [float(w) for w in self.train_rst_ms] or not both:
-            return self.at(self.train_rst_ms, width)
+        if not both or float(width) in both:
+            return self.at(self.train_rst_ms or self.train_ms, width)
         nearest = min(both, key=lambda w: abs(math.log(w / width)))
         return self.at(self.train_ms, width) * self.at(self.train_rst_ms, nearest) / self.at(self.train_ms, nearest)
 
@@ -227,9 +227,8 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     for (width, seed), steps_of_run in planned.items():
         folder = reproduce.seed_dir(width_dir(output_dir, width), seed)
         for protocol in protocols:
-            log(f"width {width:g} seed {seed}: R2S over {len(rst_step(steps_of_run).run_dirs())} tickets "
-                f"({protocol} PGD)")
             ticket_runs = rst_step(steps_of_run).run_dirs()
+            log(f"width {width:g} seed {seed}: R2S over {len(ticket_runs)} tickets ({protocol} PGD)")
             r2s[width, seed, protocol] = measure.r2s_of(
                 ticket_runs, epsilon, steps, os.path.join(folder, cache_name("r2s", protocol)), test_sets,
                 adaptive=("vanilla", "eot", "ensemble"), seed=seed, pgd_protocol=protocol,
@@ -248,7 +247,8 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     if reference_autoattack in attacks.REGISTRY:
         wanted.setdefault(reference_run, []).append(reference_autoattack)
     found = measure.autoattack_runs(wanted, epsilon, os.path.join(output_dir, "autoattack.json"), test_sets,
-                                    first_seed, log, test_examples={reference_autoattack: reference_autoattack_examples})
+                                    first_seed, log,
+                                    test_examples={reference_autoattack: reference_autoattack_examples})
     return {"evaluation": evaluation, "r2s": r2s, "autoattack": found}
 
 

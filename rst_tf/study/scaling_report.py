@@ -74,11 +74,6 @@ class Measured:
         return len(self.r2s(width, seed, protocol)["r2s_correct"]["vanilla"])
 
 
-def _first(correct, num_examples):
-    """The first `num_examples` per-example results (packed or array)."""
-    return correct[:num_examples]
-
-
 def _row(section, claim, rule_text, direction, margin, terms_by_seed, offset=0.0, note="", **extra):
     found = contrasts.contrast(terms_by_seed, offset=offset)
     return {"section": section, "claim": claim, "rule": f"{rule_text} {direction} {100 * margin:+g} points",
@@ -121,7 +116,7 @@ def width_claims(results, width):
             report = results.r2s(width, s, protocol)
             best = max(report["tickets"], key=lambda row: row["attacked"])
             terms.append([(1.0, report["r2s_correct"]["vanilla"]),
-                          (-1.0, _first(best["attacked_correct"], results.r2s_examples(width, s, protocol)))])
+                          (-1.0, best["attacked_correct"][:results.r2s_examples(width, s, protocol)])])
         rows.append(_row(f"width {width:g}", f"R2S beats its best single ticket under the vanilla attack "
                          f"({_robust_label(results, protocol)})", "R2S minus best single ticket", ">", 0.0, terms,
                          note=note, width=width, kind="r2s_minus_best_single", protocol=protocol))
@@ -130,8 +125,8 @@ def width_claims(results, width):
                 f"width {width:g}", f"R2S under {label} beats dense AT (Table 5; {_robust_label(results, protocol)})",
                 f"R2S ({kind}) minus dense AT", ">", 0.0,
                 [[(1.0, results.r2s(width, s, protocol)["r2s_correct"][kind]),
-                  (-1.0, _first(results.correct(width, s, "dense_at", protocol),
-                                results.r2s_examples(width, s, protocol)))] for s in seeds],
+                  (-1.0, results.correct(width, s, "dense_at", protocol)[:results.r2s_examples(width, s, protocol)])]
+                 for s in seeds],
                 note=note, width=width, kind=f"r2s_{kind}_minus_dense", protocol=protocol))
     return rows
 
