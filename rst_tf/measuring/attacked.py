@@ -7,14 +7,15 @@ import numpy as np
 import tensorflow as tf
 
 from rst_tf import attacks
-from rst_tf.method import layers, masking
+from rst_tf.method import folding, layers
 
 
 class MaskedAttacker:
     """Adversarial examples of `attack` on a masked `network`, and the network's predictions on any images.
 
-    The masks are computed once per call (they cannot change during an evaluation) and handed to per-batch functions
-    traced once per object, so keep the object to evaluate again after training. BatchNorm runs in inference mode.
+    The masks are computed once per call (they cannot change during an evaluation) and folded, with the BatchNorm
+    statistics selected then (inference mode), into plain kernels (`rst_tf.method.folding`) handed to per-batch
+    functions traced once per object, so keep the object to evaluate again after training or under another ticket.
     Batch i of a call draws its random start from `(seed, i)`, so results are reproducible and every user of the
     same seed (accuracy, transfer matrices) attacks with the same noise.
     """
@@ -25,6 +26,7 @@ class MaskedAttacker:
         self.attack = attack
         self.seed = int(seed)
         self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
+        self._folded = folding.FoldedNetwork(network)
         self._logits = tf.function(self._logits_batch, reduce_retracing=True)
         if attack.name in attacks.EAGER_ONLY_ATTACKS:  # wrappers around libraries that run eagerly only
             self._generate = self._generate_eagerly
@@ -33,43 +35,43 @@ class MaskedAttacker:
         self._predict = tf.function(self._predict_batch, reduce_retracing=True)
 
     def _masks(self):
-        current = layers.current_masks(self.network)  # one top-k for all layers under a global top-k
+        current = folding.exact_masks(self.network)  # one top-k for all layers under a global top-k
         return [current[layer] for layer in self._masked_layers]
 
-    def _generate_batch(self, images, labels, masks, seed):
-        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            return attacks.generate(lambda x: self.network(x, training=False), images, labels, self.attack, seed)
+    def _parameters(self, masks):
+        return self._folded.parameters(dict(zip(self._masked_layers, masks)))
 
-    def _logits_batch(self, images, masks):
-        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            return self.network(images, training=False)
+    def _generate_batch(self, images, labels, parameters, seed):
+        return attacks.generate(lambda x: self._folded.logits(x, parameters), images, labels, self.attack, seed)
 
-    def _generate_eagerly(self, images, labels, masks, seed, progress=None):
-        return attacks.generate(lambda x: self._logits(x, masks), images, labels, self.attack, seed,
+    def _logits_batch(self, images, parameters):
+        return self._folded.logits(images, parameters)
+
+    def _generate_eagerly(self, images, labels, parameters, seed, progress=None):
+        return attacks.generate(lambda x: self._logits(x, parameters), images, labels, self.attack, seed,
                                 progress=progress)
 
-    def _predict_batch(self, images, masks):
-        with masking.supplied_masks(dict(zip(self._masked_layers, masks))):
-            return tf.argmax(self.network(images, training=False), axis=-1, output_type=tf.int32)
+    def _predict_batch(self, images, parameters):
+        return tf.argmax(self._folded.logits(images, parameters), axis=-1, output_type=tf.int32)
 
     def generate(self, batches, masks=None, progress=None):
         """The adversarial images of every batch of (images, labels), as a list of tensors. `progress`: optional
         ``(batch index, component, examples left)`` callback, called by the AutoAttack schedules."""
-        masks = self._masks() if masks is None else masks
+        parameters = self._parameters(self._masks() if masks is None else masks)
         found = []
         for index, (images, labels) in enumerate(batches):
             seed = tf.constant([self.seed, index], tf.int64)
             if progress is not None and self._generate == self._generate_eagerly:
                 report = lambda component, left, index=index: progress(index, component, left)  # noqa: E731
-                found.append(self._generate_eagerly(images, labels, masks, seed, progress=report))
+                found.append(self._generate_eagerly(images, labels, parameters, seed, progress=report))
             else:
-                found.append(self._generate(images, labels, masks, seed))
+                found.append(self._generate(images, labels, parameters, seed))
         return found
 
     def correct(self, images_list, batches, masks=None):
         """A {0, 1} array: does the network classify each of `images_list` as the label in `batches`."""
-        masks = self._masks() if masks is None else masks
-        correct = [tf.cast(tf.equal(self._predict(images, masks), tf.cast(labels, tf.int32)), tf.int32).numpy()
+        parameters = self._parameters(self._masks() if masks is None else masks)
+        correct = [tf.cast(tf.equal(self._predict(images, parameters), tf.cast(labels, tf.int32)), tf.int32).numpy()
                    for images, (_, labels) in zip(images_list, batches)]
         return np.concatenate(correct) if correct else np.zeros([0], np.int32)
 
