@@ -1,4 +1,6 @@
-"""Runs one search step under a strategy and saves the score updates; used by tests/test_distribute.py.
+"""Runs one search step under a strategy and saves the score updates; used by tests/test_distribute.py. The network
+is tests/masked_cnn.py's: what is tested is the distribution (replicas, synchronised BatchNorm, summed gradients),
+which does not need ResNet18.
 
     python tests/distributed_search.py STRATEGY OUTPUT_PREFIX [--logical_cpus N] [--attack_bn_training 0,1]
 
@@ -42,12 +44,12 @@ def main(strategy_name, output_prefix, logical_cpus, bn_modes):
 def step_updates(strategy, batches, attack_bn_training):
     """(loss, replicas, {update_i: change of trainable variable i}) of one search step under `strategy`."""
     import keras
-    from rst_tf import attacks, networks
+    from masked_cnn import masked_cnn
+    from rst_tf import attacks
     from rst_tf.search import distribute, search_model
 
     with strategy.scope():
-        network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
-                                 remaining_ratio=0.2, width_multiplier=1 / 16, seed=0)
+        network = masked_cnn(remaining_ratio=0.2, seed=0)
         model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=2, step_size=4 / 255), seed=0,
                                    attack_bn_training=attack_bn_training)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)

@@ -261,23 +261,21 @@ import keras, numpy as np
 from rst_tf import attacks, data
 from rst_tf.method import layers
 from rst_tf.search import nested
-from rst_tf.training import build
-from rst_tf.training.config import SearchConfig
+from masked_cnn import masked_cnn
 keras.utils.set_random_seed(0)
 tf.config.experimental.enable_op_determinism()
 splits = data.load_splits("cifar10", sys.argv[1], validation_examples=0, train_examples=32, test_examples=8, seed=0)
 batches = data.train_batches(splits.train, dataset="cifar10", batch_size=32, epoch=0, seed=0)
-config = SearchConfig(network="resnet18", width_multiplier=1 / 16, nested_ratios=(0.1, 0.3), seed=0).resolved()
 result = {}
 for name, strategy in (("one", tf.distribute.get_strategy()),
                        ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
     with strategy.scope():
-        network = build.build_network(config, 10, (32, 32, 3))
-        model = nested.NestedSearchModel(network, config.ticket_ratios(),
+        network = masked_cnn(remaining_ratio=0.3, seed=0, statistics_slots=1)
+        model = nested.NestedSearchModel(network, (0.1, 0.3),
                                          attacks.AttackConfig(name="pgd", steps=2, step_size=4 / 255), seed=0)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=False)
     logs = model.fit(batches, epochs=1, verbose=0, shuffle=False).history
-    norm = layers.batch_norm_layers(network)[3]
+    norm = layers.batch_norm_layers(network)[1]
     result[name] = {"replicas": strategy.num_replicas_in_sync, "loss": logs["loss"][-1],
                     "ratio_losses": [logs["loss_ratio_0.1"][-1], logs["loss_ratio_0.3"][-1]],
                     "slot_mean": norm.slot_moving_mean.numpy()[0].tolist(), "mean": norm.moving_mean.numpy().tolist()}
@@ -287,9 +285,10 @@ print(json.dumps(result))
 
 def test_nested_step_under_a_mirrored_strategy_matches_one_device(cifar10_path):
     """The step split over two logical CPUs (synchronised BatchNorm, one slot update per ratio): the same losses and
-    statistics as on one device, to float sums."""
+    statistics as on one device, to float sums. The network is tests/masked_cnn.py's (the mechanics, not ResNet18)."""
     result = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, cifar10_path], capture_output=True, text=True,
-                            timeout=900, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                            timeout=900, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])))
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     one, mirrored = found["one"], found["mirrored"]
