@@ -37,6 +37,22 @@ def test_top_k_ties_match_top_k_lower_index_first():
         np.testing.assert_array_equal(masking.top_k_mask(values, ratio).numpy(), reference)
 
 
+def test_padded_top_k_equals_top_k_on_ties_and_zeros_at_awkward_lengths():
+    """The select runs on inputs padded with zeros (to a power of two, at least 2**14): lengths just below and above
+    those, mostly zeros (the kept entries reach into the zeros, which tie with the padding) or few distinct values."""
+    for length in (7, 16383, 16385, 40000):
+        for seed, zeros in ((5, 0.9), (6, 0.2)):
+            uniform = tf.random.stateless_uniform([length], seed=[seed, length]).numpy()
+            values = np.where(uniform < zeros, 0.0, np.round(uniform * 5) / 5).astype(np.float32)
+            for ratio in (0.05, 0.5, 0.97):
+                keep = masking.kept_count(length, ratio)
+                _, index = tf.math.top_k(values, k=keep)
+                reference = np.zeros(length, np.float32)
+                reference[index.numpy()] = 1
+                np.testing.assert_array_equal(masking.top_k_mask(values, ratio).numpy(), reference,
+                                              err_msg=f"length {length}, ratio {ratio}")
+
+
 def test_top_k_handles_zeros_and_large_values():
     values = tf.constant([0.0, 0.0, 3e38, 1e-30, 5.0, 0.0])
     np.testing.assert_array_equal(masking.top_k_mask(values, 0.5).numpy(), [0, 0, 1, 1, 1, 0])
