@@ -16,6 +16,8 @@ from rst_tf.search import nested, search_model
 from rst_tf.training import build
 from rst_tf.training.config import SearchConfig
 
+from masked_cnn import masked_cnn
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (32, 32, 3)
 RATIOS = (0.1, 0.2, 0.3)
@@ -72,15 +74,13 @@ def test_masks_are_nested_and_keep_exactly_their_fraction_of_every_layer():
 def test_nested_step_is_the_mean_of_independent_ticket_steps(real_batch):
     """One step at three ratios against three single-ratio searches from the same weights, scores and seeds: the
     loss is the mean of theirs, each ticket's loss is theirs, the score update is the mean of theirs (plain SGD), and
-    each ticket's BatchNorm statistics are those its single-ratio search collects."""
+    each ticket's BatchNorm statistics are those its single-ratio search collects. The network is tests/masked_cnn.py's:
+    the step's arithmetic does not depend on the architecture."""
     images, labels = real_batch
-    model = compiled(nested.NestedSearchModel(build.build_network(nested_config(), 10, SHAPE), RATIOS, ATTACK,
-                                              weight_decay=0.0, seed=5))
-    singles = []
-    for ratio in RATIOS:
-        network = build.build_network(single_config(ratio), 10, SHAPE)
-        search_model.configure_mode(network, "rst")
-        singles.append(compiled(search_model.SearchModel(network, ATTACK, weight_decay=0.0, seed=5)))
+    network = masked_cnn(remaining_ratio=RATIOS[-1], statistics_slots=len(RATIOS) - 1)
+    model = compiled(nested.NestedSearchModel(network, RATIOS, ATTACK, weight_decay=0.0, seed=5))
+    singles = [compiled(search_model.SearchModel(masked_cnn(remaining_ratio=ratio), ATTACK, weight_decay=0.0, seed=5))
+               for ratio in RATIOS]
     before = [v.numpy().copy() for v in model.network.weights]
     for single in singles:  # the same random network and scores, whatever the ratio
         theirs = {v.path: v for v in single.network.weights}
