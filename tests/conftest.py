@@ -17,10 +17,10 @@ def cifar10_dir():
 # The test files that take the longest, longest first. pytest-xdist's loadfile hands whole files to its workers in
 # collection order (by default: files with more tests first, whatever they cost); these go first, the others follow
 # by number of tests, so that no long file starts last and keeps one core busy while the other has nothing left.
-LONGEST_FILES = ("test_nested.py", "test_executors.py", "test_autoattack_reference.py", "test_bin_r2s.py",
-                 "test_distribute.py", "test_nested_bank.py", "test_bin_search.py", "test_bin_search_variants.py",
-                 "test_search.py", "test_trainer.py", "test_bin_evaluate.py", "test_scaling.py", "test_export.py",
-                 "test_r2s.py", "test_quiet_start.py")
+LONGEST_FILES = ("test_autoattack_reference.py", "test_executors.py", "test_bin_search.py",
+                 "test_bin_search_variants.py", "test_nested_bank.py", "test_bin_r2s.py", "test_nested.py",
+                 "test_distribute.py", "test_trainer.py", "test_search.py", "test_scaling.py", "test_r2s.py",
+                 "test_bin_evaluate.py", "test_export.py", "test_quiet_start.py")
 
 
 def pytest_configure(config):
