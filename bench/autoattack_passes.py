@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
 from bench.compare_autoattack import process_cpu_seconds  # noqa: E402
-from rst_tf.method import layers, masking  # noqa: E402
+from rst_tf.method import folding  # noqa: E402
 from rst_tf.training import run_dir as run_folder  # noqa: E402
 
 STEPS = 100
@@ -46,16 +46,11 @@ def _cpu_seconds():
 
 
 def logits_of_run(run_dir):
+    """The run's inference logits as evaluation computes them (the folded graph, `rst_tf.method.folding`)."""
     network, _ = run_folder.load_run(run_dir, "best")
-    masked = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
-    current = layers.current_masks(network)
-    masks = {layer: current[layer] for layer in masked}
-
-    def logits(images):
-        with masking.supplied_masks(masks):
-            return network(images, training=False)
-
-    return logits
+    folded = folding.FoldedNetwork(network)
+    parameters = folded.parameters(folding.exact_masks(network))
+    return lambda images: folded.logits(images, parameters)
 
 
 def per_image_seconds(logits_fn, rows):
