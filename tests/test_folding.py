@@ -158,7 +158,9 @@ def test_structures_it_cannot_fold_run_unfolded():
     masks = inference_masks(outer)
     with masking.supplied_masks(masks):
         expected = outer(images, training=False)
-    np.testing.assert_array_equal(folded.logits(images, folded.parameters(masks)), expected)
+    parameters = folded.parameters(masks)
+    np.testing.assert_array_equal(folded.logits(images, parameters), expected)
+    np.testing.assert_allclose(tf.function(folded.logits)(images, parameters), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

@@ -29,6 +29,7 @@ class FoldedNetwork:
         self.network = network
         self.unfolded_reason = _unfoldable(network)
         self._kernel_layers, self._norms, self._folded_into = [], [], {}
+        self._masked_layers = layers.masked_layers(network)
         if self.unfolded_reason is None:
             self._plan()
 
@@ -57,8 +58,8 @@ class FoldedNetwork:
         """The folded network's tensors under `masks` ({layer: mask}; layers not in it use their own), the current
         kernels and the BatchNorm statistics selected now. Without folding: the masks. Call it eagerly."""
         masks = {} if masks is None else masks
-        if self.unfolded_reason is not None:
-            return {"masks": dict(masks)}
+        if self.unfolded_reason is not None:  # a list, so that traced functions can take it
+            return {"masks": [masks.get(layer) for layer in self._masked_layers]}
         kernels, biases, norms = [], [], []
         with masking.supplied_masks(masks):
             for layer in self._kernel_layers:
@@ -78,7 +79,8 @@ class FoldedNetwork:
     def logits(self, images, parameters):
         """The network's inference logits on `images` with `parameters` (from `parameters`)."""
         if self.unfolded_reason is not None:
-            with masking.supplied_masks(parameters["masks"]):
+            pairs = zip(self._masked_layers, parameters["masks"])
+            with masking.supplied_masks({layer: mask for layer, mask in pairs if mask is not None}):
                 return self.network(images, training=False)
         replaced = {}
         for layer, kernel, bias in zip(self._kernel_layers, parameters["kernels"], parameters["biases"]):
