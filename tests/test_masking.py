@@ -38,9 +38,10 @@ def test_top_k_ties_match_top_k_lower_index_first():
 
 
 def test_padded_top_k_equals_top_k_on_ties_and_zeros_at_awkward_lengths():
-    """The select runs on inputs padded with zeros (to a power of two, at least 2**14): lengths just below and above
-    those, mostly zeros (the kept entries reach into the zeros, which tie with the padding) or few distinct values."""
-    for length in (7, 16383, 16385, 40000):
+    """The select runs on inputs padded with zeros (to 2**14 at least, above that to a multiple of an eighth of a
+    power of two): lengths below, at and above those, mostly zeros (the kept entries reach into the zeros, which tie
+    with the padding) or few distinct values."""
+    for length in (7, 16383, 16385, 36864, 40000):
         for seed, zeros in ((5, 0.9), (6, 0.2)):
             uniform = tf.random.stateless_uniform([length], seed=[seed, length]).numpy()
             values = np.where(uniform < zeros, 0.0, np.round(uniform * 5) / 5).astype(np.float32)
