@@ -28,6 +28,7 @@ def test_ticket_keeps_exact_fraction_and_statistics(tiny_bank):
 
 def test_each_ticket_runs_as_its_source_network(tiny_bank):
     bank, sources = tiny_bank
+    assert bank._folded.unfolded_reason is None  # the bank runs the folded inference graph
     images = _images()
     for index, source in enumerate(sources):
         np.testing.assert_allclose(bank.logits(images, index), source(images, training=False), atol=1e-5)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from rst_tf import attacks
 from rst_tf.measuring import intervals
-from rst_tf.method import layers, masking
+from rst_tf.method import folding, layers, masking
 
 DEFAULT_REMAINING_RATIOS = (0.05, 0.07, 0.1, 0.15, 0.2, 0.3)
 
@@ -85,6 +85,13 @@ class MaskBank:
                                      for name, values in ticket.statistics.items()})
         for layer in masked.values():  # masks come from the bank: no score is read or trained
             layer.set_trainable_parts(scores=False, kernel=False)
+        # Each ticket's masks and statistics folded into plain kernels once (`rst_tf.method.folding`): the bank's
+        # network is frozen, so they cannot change.
+        self._folded = folding.FoldedNetwork(network)
+        self._parameters = []
+        for index in range(len(self.tickets)):
+            with self.using(index):
+                self._parameters.append(self._folded.parameters(self._masks[index]))
 
     def __len__(self):
         return len(self.tickets)
@@ -96,8 +103,8 @@ class MaskBank:
             yield
 
     def logits(self, images, index):
-        with self.using(index):
-            return self.network(images, training=False)
+        with self.using(index):  # for the layers the folded graph runs as they are
+            return self._folded.logits(images, self._parameters[index])
 
     def all_logits(self, images):
         """Logits under every ticket, shape [tickets, batch, classes] (an exact expectation over the bank)."""
