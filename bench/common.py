@@ -80,3 +80,14 @@ def write_results(name, results):
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
     return path
+
+
+def write_entry(name, key, entry):
+    """Set `key` to `entry` in docs/<name>.json (other keys kept), written whole or not at all."""
+    path = os.path.join(DOCS, f"{name}.json")
+    found = json.load(open(path)) if os.path.exists(path) else {}
+    found[key] = entry
+    with open(path + ".tmp", "w") as handle:
+        json.dump(found, handle, indent=1)
+    os.replace(path + ".tmp", path)
+    return path

@@ -136,12 +136,7 @@ def main():
                     "fp32_peak_gflops": round(common.cpu_peak_gflops(), 1),
                     "load_average_1min": round(os.getloadavg()[0], 2)},
     }
-    path = os.path.join(common.DOCS, "folding_speed.json")
-    found = json.load(open(path)) if os.path.exists(path) else {}
-    found[args.name] = entry
-    with open(path + ".tmp", "w") as handle:
-        json.dump(found, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    common.write_entry("folding_speed", args.name, entry)
     print(json.dumps(entry, indent=1))
 
 

@@ -8,7 +8,6 @@ Same seeded test subset, seeds and component streams as bin/evaluate --num_examp
 Writes docs/autoattack_malt_ranks.json (one entry per --name) and prints the coverage by number of targets.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -92,12 +91,7 @@ def main():
              "natural_correct": int(np.sum(~core.predicted_wrong(clean_logits, labels).numpy())),
              "survivors_of_apgd_ce": count, "broken_by_some_target": broken_count,
              "broken_within_top_k": coverage, "seconds": round(time.time() - start_time, 1)}
-    path = os.path.join(common.DOCS, "autoattack_malt_ranks.json")
-    report = json.load(open(path)) if os.path.exists(path) else {}
-    report[args.name] = entry
-    with open(path + ".tmp", "w") as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(path + ".tmp", path)
+    common.write_entry("autoattack_malt_ranks", args.name, entry)
     print(f"{args.name}: {count} survive APGD-CE, {broken_count} broken by some target; top-k coverage "
           f"MALT {coverage['malt']}, clean logit {coverage['clean_logit']}")
 
