@@ -19,9 +19,9 @@ bench/compare_autoattack.py --speed has written it) and prints it.
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
+import time
 
 import tensorflow as tf
 
@@ -38,11 +38,6 @@ TARGETS = 9
 REPEATS = 7
 # APGD-T and FAB-T run every target of the examples left in one batch of at most this many rows.
 MAX_ROWS = 2048
-
-
-def _cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def logits_of_run(run_dir):
@@ -71,9 +66,9 @@ def per_image_seconds(logits_fn, rows):
         function(images).numpy()
         samples = []
         for _ in range(REPEATS):
-            began = _cpu_seconds()
+            began = time.process_time()
             function(images).numpy()
-            samples.append((_cpu_seconds() - began) / rows)
+            samples.append((time.process_time() - began) / rows)
         found.append(statistics.median(samples))
     return tuple(found)
 

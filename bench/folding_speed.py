@@ -12,9 +12,9 @@ docs/folding_speed.json (one entry per --name) and prints it.
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -26,30 +26,11 @@ from rst_tf.method import folding, layers, masking  # noqa: E402
 from rst_tf.training import run_dir as run_folder  # noqa: E402
 
 
-def _cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _timed(function):
-    began = _cpu_seconds()
+    """(process CPU seconds of `function()`, its value)."""
+    began = time.process_time()
     value = function()
-    return _cpu_seconds() - began, value
-
-
-def top_k_masks(network):
-    """{layer: mask} of every masked layer below ratio 1 from `tf.math.top_k` over its flat |scores| (layer scope,
-    element sparsity: ties to the lower index, as the radix select)."""
-    masks = {}
-    for layer in layers.masked_layers(network):
-        if layer.mask_ratio() == 1.0:
-            continue
-        flat = tf.reshape(tf.abs(layer.scores), [-1])
-        keep = masking.kept_count(int(flat.shape[0]), layer.mask_ratio())
-        indices = tf.math.top_k(flat, keep, sorted=False).indices
-        kept = tf.scatter_nd(indices[:, None], tf.ones([keep]), flat.shape)
-        masks[layer] = tf.reshape(kept, layer.scores.shape)
-    return masks
+    return time.process_time() - began, value
 
 
 def pass_functions(network, masks):
@@ -98,7 +79,7 @@ def main():
     network, _ = run_folder.load_run(args.run_dir, "best")
 
     radix_seconds, radix = _timed(lambda: {k: v.numpy() for k, v in layers.current_masks(network).items()})
-    top_k_seconds, exact = _timed(lambda: {k: v.numpy() for k, v in top_k_masks(network).items()})
+    top_k_seconds, exact = _timed(lambda: {k: v.numpy() for k, v in folding.exact_masks(network).items()})
     identical = set(map(id, radix)) == set(map(id, exact)) and all(
         np.array_equal(radix[layer], exact[layer]) for layer in radix)
     masks = {layer: tf.constant(value) for layer, value in radix.items()}
