@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from rst_tf import attacks, networks
 from rst_tf.measuring import attacked, intervals
-from rst_tf.method import folding
+from rst_tf.method import masking
 from rst_tf.reports import suite
 
 
@@ -35,8 +35,8 @@ def test_clean_accuracy_equals_argmax_of_the_network():
 def test_pgd_accuracy_is_reproducible_and_not_above_clean(monkeypatch):
     network = small_network()
     calls = []
-    original = folding._top_k_masks  # evaluation's top-k (tf.math.top_k, no XLA compile)
-    monkeypatch.setattr(folding, "_top_k_masks", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = masking.sorted_top_k_masks  # evaluation's top-k (tf.math.top_k, no XLA compile)
+    monkeypatch.setattr(masking, "sorted_top_k_masks", lambda *a, **k: calls.append(1) or original(*a, **k))
     pgd = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="pgd", epsilon=8 / 255, steps=5), seed=1)
     first = pgd.per_example(batches())
     assert len(calls) == 21  # one mask per masked layer per evaluation, not per batch or per PGD step

@@ -100,33 +100,10 @@ class FoldedNetwork:
 
 
 def exact_masks(network):
-    """Every masked layer's binary mask, as `layers.current_masks` gives it (same ratios, scopes and ties: the lower
-    flat index first), from `tf.math.top_k` over the flat |scores|: no XLA compile, so cheaper once per evaluation
-    than the radix select made to run every training step (bench/folding_speed.py)."""
-    masks, groups = {}, {}
-    for layer in layers.masked_layers(network):
-        if layer.mask_ratio() == 1.0:
-            continue
-        if layer.topk_scope == "global":
-            groups.setdefault(id(layer.global_top_k()), layer.global_top_k())
-        else:
-            masks[layer] = _top_k_masks([layer.scores], layer.mask_ratio())[0]
-    for group in groups.values():
-        masks.update(zip(group.members, _top_k_masks([layer.scores for layer in group.members],
-                                                     group.remaining_ratio())))
-    return masks
-
-
-def _top_k_masks(scores_list, remaining_ratio):
-    """{0, 1} masks keeping together the `masking.kept_count` largest |scores| of all of `scores_list` (flattened in
-    C order and concatenated; ties to the lower index, as `tf.math.top_k` breaks them)."""
-    flat = tf.concat([tf.reshape(tf.abs(tf.convert_to_tensor(scores, tf.float32)), [-1]) for scores in scores_list], 0)
-    total = int(flat.shape[0])
-    keep = masking.kept_count(total, remaining_ratio)
-    indices = tf.math.top_k(flat, keep, sorted=True).indices
-    kept = tf.scatter_nd(indices[:, None], tf.ones([keep], tf.float32), [total])
-    sizes = [int(tf.size(scores)) for scores in scores_list]
-    return [tf.reshape(piece, scores.shape) for piece, scores in zip(tf.split(kept, sizes), scores_list)]
+    """Every masked layer's binary mask, as `layers.current_masks` gives it, from `masking.sorted_top_k_masks`: no
+    XLA compile, so cheaper once per evaluation than the radix select made to run every training step
+    (bench/folding_speed.py)."""
+    return layers.current_masks(network, select=masking.sorted_top_k_masks)
 
 
 def inference_scale_and_shift(norm):

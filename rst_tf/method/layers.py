@@ -245,17 +245,20 @@ def masked_layers(model):
     return [layer for layer in _nested_layers(model) if isinstance(layer, _MaskedKernelLayer)]
 
 
-def current_masks(model):
+def current_masks(model, select=None):
     """Every masked layer's binary mask, computed once (layers keeping all their weights need none); a global top-k
-    runs once for all its layers."""
+    runs once for all its layers. `select`: a top-k with the contract of `masking.global_top_k_masks` (e.g.
+    `masking.sorted_top_k_masks` for masks computed once); by default the layers' own radix select."""
     masks = {}
     for layer in masked_layers(model):
         if layer.mask_ratio() == 1.0 or layer in masks:
             continue
         if layer.topk_scope == "global":
-            masks.update(layer.global_top_k().masks())
-        else:
+            masks.update(layer.global_top_k().masks(select))
+        elif select is None:
             masks[layer] = layer.binary_mask()
+        else:
+            masks[layer] = select([tf.abs(layer.scores)], layer.mask_ratio())[0]
     return masks
 
 
@@ -292,9 +295,11 @@ class GlobalTopK:
             raise ValueError(f"a global top-k needs one remaining ratio over its layers, got {ratios}")
         return ratios[0]
 
-    def masks(self):
-        """{layer: binary float mask} of every member, from one top-k over all their scores."""
-        found = masking.global_top_k_masks([tf.abs(layer.scores) for layer in self.members], self.remaining_ratio())
+    def masks(self, select=None):
+        """{layer: binary float mask} of every member, from one top-k over all their scores (`select`, by default
+        `masking.global_top_k_masks`)."""
+        select = masking.global_top_k_masks if select is None else select
+        found = select([tf.abs(layer.scores) for layer in self.members], self.remaining_ratio())
         return dict(zip(self.members, found))
 
 

@@ -90,6 +90,19 @@ def global_top_k_masks(magnitudes_list, remaining_ratio):
     return [tf.reshape(piece, tf.shape(tensor)) for piece, tensor in zip(tf.split(kept, sizes), tensors)]
 
 
+def sorted_top_k_masks(magnitudes_list, remaining_ratio):
+    """`global_top_k_masks` (same masks, same ties) from `tf.math.top_k` rather than the XLA radix select: nothing is
+    compiled, so it is the cheaper choice for masks computed once (evaluation), not at every training step."""
+    tensors = [tf.convert_to_tensor(magnitudes, tf.float32) for magnitudes in magnitudes_list]
+    flat = tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], 0)
+    total = int(flat.shape[0])
+    keep = kept_count(total, remaining_ratio)
+    indices = tf.math.top_k(flat, keep, sorted=True).indices
+    kept = tf.scatter_nd(indices[:, None], tf.ones([keep], tf.float32), [total])
+    sizes = [int(np.prod(tensor.shape)) for tensor in tensors]
+    return [tf.reshape(piece, tf.shape(tensor)) for piece, tensor in zip(tf.split(kept, sizes), tensors)]
+
+
 def _padded_length(total):
     """The length `total` entries are padded to for the top-k: `_SHORTEST_PADDED` at least, else the next multiple of
     1/`_LENGTHS_PER_OCTAVE` of the largest power of two <= `total`."""
