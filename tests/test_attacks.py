@@ -9,6 +9,7 @@ import tensorflow as tf
 from rst_tf import attacks
 from rst_tf.attacks import AttackConfig
 from rst_tf.attacks import config as config_lib
+from rst_tf.attacks import core
 from template_model import IMAGE_SHAPE, NUM_CLASSES, train_template_model
 
 # Large enough that every attack clearly hurts this model, small enough that
@@ -356,3 +357,16 @@ def test_bad_seed_is_rejected(trained):
         attacks.generate(_logits_fn(model), images, labels, config, tf.constant([1, 2, 3]))
     with pytest.raises(ValueError, match="seed"):
         attacks.generate(_logits_fn(model), images, labels, config, tf.constant([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_keep_rows_gathers_only_the_rows_kept(traced):
+    structure = {"x": tf.reshape(tf.range(12.0), [4, 3]), "history": tf.reshape(tf.range(8), [2, 4])}
+    keep_rows = tf.function(core.keep_rows, autograph=False) if traced else core.keep_rows
+    every = keep_rows(structure, tf.range(4, dtype=tf.int64), {"history": 1})
+    for key in structure:
+        np.testing.assert_array_equal(every[key], structure[key])
+    some = keep_rows(structure, tf.constant([1, 3], tf.int64), {"history": 1})
+    np.testing.assert_array_equal(some["x"], [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]])
+    np.testing.assert_array_equal(some["history"], [[1, 3], [5, 7]])
+    assert keep_rows(structure, tf.zeros([0], tf.int64), {"history": 1})["x"].shape == (0, 3)

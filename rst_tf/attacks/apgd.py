@@ -279,7 +279,7 @@ def run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="ce",
     keep, found, fooled = record(start, state["fooled"], rows_state, found, fooled)
 
     def gather(structure, keep):
-        return {key: tf.gather(value, keep, axis=1 if key == "history" else 0) for key, value in structure.items()}
+        return core.keep_rows(structure, keep, {"history": 1})
 
     def body(i, s, r, found, fooled):
         s, wrong = _iteration(i, s, r["lower"], r["upper"], r["labels"], lambda x: evaluate(x, r), window)

@@ -128,6 +128,15 @@ def iterate(step_fn, start, steps, unroll=False):
     return x
 
 
+def keep_rows(structure, keep, axes=None):
+    """Rows `keep` (int [kept], ascending) of every tensor of the dict `structure` (along `axes[key]`, default 0);
+    the tensors themselves, not copies, when every row is kept (most iterations of a loop that drops broken rows)."""
+    axes = axes or {}
+    rows = tf.shape(next(iter(structure.values())))[axes.get(next(iter(structure)), 0)]
+    return tf.cond(tf.size(keep) == rows, lambda: dict(structure),
+                   lambda: {key: tf.gather(value, keep, axis=axes.get(key, 0)) for key, value in structure.items()})
+
+
 def expand_rows(flags, images):
     """Per-example flags `[batch]` shaped to broadcast against `images`."""
     return tf.reshape(flags, [-1] + [1] * (images.shape.rank - 1))
@@ -177,9 +186,9 @@ def input_gradient_only(model_fn):
     """`model_fn` for code that takes gradients with an eager tape: traced, and differentiable in its input only.
     An eager tape also watches the model's trainable variables and so computes every convolution's kernel gradient,
     an op that corrupts memory at small batch sizes in TensorFlow 2.21's CPU (oneDNN) build."""
-    forward = tf.function(model_fn, reduce_retracing=True)
+    forward = tf.function(model_fn, reduce_retracing=True, autograph=False)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def input_vjp(x, upstream):
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(x)

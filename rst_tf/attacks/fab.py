@@ -216,7 +216,7 @@ def run_until_broken(model_fn, images, labels, targets, steps, epsilon, groups, 
         within = within | hit
         s = dict(s, x=x, closest=closest, distance=distance)
         keep = tf.where(~tf.gather(within, s["groups"]))[:, 0]
-        return step + 1, {key: tf.gather(value, keep) for key, value in s.items()}, found, within
+        return step + 1, core.keep_rows(s, keep), found, within
 
     invariant = lambda t: tf.TensorShape([None]).concatenate(t.shape[1:])  # noqa: E731
     shapes = (tf.TensorShape([]), {key: invariant(value) for key, value in state.items()}, found.shape, within.shape)
@@ -284,7 +284,7 @@ def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD
                                clip_max)
 
     if tf.executing_eagerly():
-        stage = tf.function(stage)
+        stage = tf.function(stage, autograph=False)
     adversarial, robust = stage(images, clean_correct)
     return adversarial, clean_correct & ~robust
 

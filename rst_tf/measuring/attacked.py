@@ -27,12 +27,12 @@ class MaskedAttacker:
         self.seed = int(seed)
         self._masked_layers = [layer for layer in layers.masked_layers(network) if layer.remaining_ratio < 1.0]
         self._folded = folding.FoldedNetwork(network)
-        self._logits = tf.function(self._logits_batch, reduce_retracing=True)
+        self._logits = tf.function(self._logits_batch, reduce_retracing=True, autograph=False)
         if attack.name in attacks.EAGER_ONLY_ATTACKS:  # wrappers around libraries that run eagerly only
             self._generate = self._generate_eagerly
         else:
-            self._generate = tf.function(self._generate_batch, reduce_retracing=True)
-        self._predict = tf.function(self._predict_batch, reduce_retracing=True)
+            self._generate = tf.function(self._generate_batch, reduce_retracing=True, autograph=False)
+        self._predict = tf.function(self._predict_batch, reduce_retracing=True, autograph=False)
 
     def _masks(self):
         current = folding.exact_masks(self.network)  # one top-k for all layers under a global top-k

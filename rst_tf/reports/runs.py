@@ -36,6 +36,8 @@ def test_batches(dataset, data_dir="", num_examples=0, batch_size=200, seed=0, c
     """
     if data_dir and not os.path.isdir(data_dir):
         raise ValueError(f"data_dir {data_dir} is not a folder")
-    splits = data.load_splits(dataset, data_dir or None, test_examples=num_examples or None,
+    # No training images: the test subset does not depend on them, and a class-folder copy decodes what it loads.
+    splits = data.load_splits(dataset, data_dir or None, validation_examples=0, train_examples=0,
+                              test_examples=num_examples or None,
                               class_subset=tuple(class_subset or ()) or None, seed=seed)
     return list(data.eval_batches(splits.test, batch_size))
