@@ -90,15 +90,17 @@ def wall_seconds(path):
 
 
 def write_speed(row, load):
-    """Adds or replaces `row` in docs/autoattack_speed.json; the machine is measured now."""
+    """Adds or replaces `row` in docs/autoattack_speed.json (its other keys, e.g. earlier measurements, kept); the
+    machine is measured now."""
     path = os.path.join(common.DOCS, "autoattack_speed.json")
-    rows = json.load(open(path))["rows"] if os.path.exists(path) else []
-    rows = [old for old in rows if old["model"] != row["model"]] + [row]
+    document = json.load(open(path)) if os.path.exists(path) else {}
+    rows = [old for old in document.get("rows", []) if old["model"] != row["model"]] + [row]
     peak = common.cpu_peak_gflops()
     machine = {"cpu_model": common.cpu_info()["cpu_model"], "fp32_peak_gflops": round(peak, 1), "cpus": os.cpu_count(),
                "load": load}
+    document.update(machine=machine, rows=rows)
     with open(path + ".tmp", "w") as handle:
-        json.dump({"machine": machine, "rows": rows}, handle, indent=1)
+        json.dump(document, handle, indent=1)
     os.replace(path + ".tmp", path)
     ratio = lambda name: row[f"{name}_cpu_seconds"] / row["reference_cpu_seconds"]  # noqa: E731
     print(f"| {row['model']} | {row['examples']} | {row['reference_accuracy']:.1%} | {row['standard_accuracy']:.1%} | "
