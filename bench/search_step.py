@@ -1,13 +1,14 @@
 """Seconds per training step: RST PGD-7 search vs dense PGD-7 adversarial training, same network and batch.
 
-    python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--repeats 5] [--xla] [--mixed_precision]
+    python bench/search_step.py [--width 0.25] [--batch 128] [--steps 7] [--remaining_ratio 0.05] [--repeats 5]
+        [--xla] [--mixed_precision] [--name NAME]
 
 Both use `SearchModel.replica_step` (one code path) inside tf.function, interleaved on the same batch. Reports
 medians, the ratio, and achieved FLOP/s as a fraction of this CPU's fp32 peak, counting the FLOPs a PGD step needs
 (see `step_flops`; the cruder count of a full backward pass per attack iteration is reported beside it). Results:
 docs/search_step.json
 (with --xla: docs/search_step_xla.json; with --mixed_precision, the same steps also built under Keras's
-mixed_bfloat16 policy: docs/search_step_mixed_precision.json).
+mixed_bfloat16 policy: docs/search_step_mixed_precision.json; with --name: docs/NAME.json).
 """
 import argparse
 import os
@@ -62,10 +63,11 @@ def flop_figures(forward_gflop, attack_steps, median_seconds, peak_gflops):
     }
 
 
-def make_step(mode, width, steps, xla, policy="float32"):
+def make_step(mode, width, steps, xla, policy="float32", remaining_ratio=0.05):
     keras.mixed_precision.set_global_policy(policy)
     network = networks.build("resnet18", num_classes=10, input_shape=(32, 32, 3), dataset="cifar10",
-                             remaining_ratio=1.0 if mode == "dense_at" else 0.05, width_multiplier=width, seed=0)
+                             remaining_ratio=1.0 if mode == "dense_at" else remaining_ratio, width_multiplier=width,
+                             seed=0)
     search_model.configure_mode(network, mode)
     model = search_model.SearchModel(network, attacks.AttackConfig(name="pgd", steps=steps, step_size=2 / 255))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=xla)
@@ -79,7 +81,9 @@ def main():
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--remaining_ratio", type=float, default=0.05, help="the RST's remaining ratio")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--name", default="", help="results in docs/NAME.json instead of the default name")
     parser.add_argument("--xla", action="store_true",
                         help="also time both with jit_compile=True (results in docs/search_step_xla.json)")
     parser.add_argument("--mixed_precision", action="store_true",
@@ -93,7 +97,7 @@ def main():
         variants += [("rst", False, "mixed_bfloat16"), ("dense_at", False, "mixed_bfloat16")]
     functions, flops = {}, None
     for mode, xla, policy in variants:
-        model, step = make_step(mode, args.width, args.steps, xla, policy)
+        model, step = make_step(mode, args.width, args.steps, xla, policy, args.remaining_ratio)
         if flops is None:
             flops = forward_flops(model.network, args.batch)
         name = f"{mode}{'_xla' if xla else ''}{'_bf16' if policy != 'float32' else ''}"
@@ -102,7 +106,8 @@ def main():
     peak = common.cpu_peak_gflops()
     results = {
         "what": f"ResNet18 PGD-{args.steps} training step: RST search vs dense adversarial training",
-        "width_multiplier": args.width, "batch": args.batch, "attack_steps": args.steps, "repeats": args.repeats,
+        "width_multiplier": args.width, "batch": args.batch, "attack_steps": args.steps,
+        "remaining_ratio": args.remaining_ratio, "repeats": args.repeats,
         "median_seconds": medians, "samples": samples,
         "rst_over_dense_at": medians["rst"] / medians["dense_at"],
         **flop_figures(flops / 1e9, args.steps, medians, peak),
@@ -112,7 +117,8 @@ def main():
         results["xla_over_plain"] = {mode: medians[f"{mode}_xla"] / medians[mode] for mode in ("rst", "dense_at")}
     if args.mixed_precision:
         results["bf16_over_float32"] = {mode: medians[f"{mode}_bf16"] / medians[mode] for mode in ("rst", "dense_at")}
-    name = "search_step_xla" if args.xla else "search_step_mixed_precision" if args.mixed_precision else "search_step"
+    name = args.name or ("search_step_xla" if args.xla else "search_step_mixed_precision" if args.mixed_precision
+                         else "search_step")
     print(common.write_results(name, results))
     for key in ("median_seconds", "rst_over_dense_at", "step_gflop", "step_gflop_full_backward",
                 "floor_seconds_at_peak", "fraction_of_peak", "fraction_of_peak_full_backward"):
