@@ -151,8 +151,9 @@ def search(model_fn, images, labels, epsilon, queries=QUERIES, p_init=P_INIT, se
     # int64, so that a seed gives the same draws whether it comes as int32 or int64.
     seed = tf.cast(core.as_seed(tf.convert_to_tensor(seed)), tf.int64)
     if tf.executing_eagerly():
-        return tf.function(autograph=False, func=lambda x, y, s: _search(model_fn, x, y, epsilon, queries, p_init, s, clip_min, clip_max,
-                                                   noise_rows))(images, labels, seed)
+        search_traced = tf.function(lambda x, y, s: _search(model_fn, x, y, epsilon, queries, p_init, s, clip_min,
+                                                            clip_max, noise_rows), autograph=False)
+        return search_traced(images, labels, seed)
     return _search(model_fn, images, labels, epsilon, queries, p_init, seed, clip_min, clip_max, noise_rows)
 
 

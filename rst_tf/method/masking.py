@@ -70,37 +70,36 @@ def top_k_mask(magnitudes, remaining_ratio):
     return tf.reshape(tf.cast(kept, tf.float32), tf.shape(magnitudes))
 
 
-def global_top_k_masks(magnitudes_list, remaining_ratio):
+def global_top_k_masks(magnitudes_list, remaining_ratio, compiled=True):
     """Binary float masks, one per tensor of `magnitudes_list`, keeping together exactly
     `kept_count(total size, remaining_ratio)` of the largest entries of all of them: one threshold over every entry
     (global pruning, as HYDRA), so each tensor keeps its own fraction.
 
     Entries must be non-negative. Ties go to the lower index in the concatenation of the tensors in list order,
-    each flattened in C order. One top-k over the concatenation (the radix select of `top_k_mask`).
+    each flattened in C order. One top-k over the concatenation: the radix select of `top_k_mask`, or with
+    `compiled=False` `tf.math.top_k` (the same masks, nothing compiled: `sorted_top_k_masks`).
     """
     tensors = [tf.convert_to_tensor(magnitudes, tf.float32) for magnitudes in magnitudes_list]
     if not tensors:
         raise ValueError("global_top_k_masks needs at least one tensor")
     sizes = [int(np.prod(tensor.shape)) for tensor in tensors]
-    keep = kept_count(sum(sizes), remaining_ratio)
-    if keep == sum(sizes):
+    total = sum(sizes)
+    keep = kept_count(total, remaining_ratio)
+    if keep == total:
         return [tf.ones_like(tensor) for tensor in tensors]
-    bits = tf.bitcast(tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], 0), tf.int32)
-    kept = tf.cast(_padded_top_k_flat(bits, sum(sizes), keep), tf.float32)
+    flat = tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], 0)
+    if compiled:
+        kept = tf.cast(_padded_top_k_flat(tf.bitcast(flat, tf.int32), total, keep), tf.float32)
+    else:
+        indices = tf.math.top_k(flat, keep, sorted=True).indices
+        kept = tf.scatter_nd(indices[:, None], tf.ones([keep], tf.float32), [total])
     return [tf.reshape(piece, tf.shape(tensor)) for piece, tensor in zip(tf.split(kept, sizes), tensors)]
 
 
 def sorted_top_k_masks(magnitudes_list, remaining_ratio):
-    """`global_top_k_masks` (same masks, same ties) from `tf.math.top_k` rather than the XLA radix select: nothing is
-    compiled, so it is the cheaper choice for masks computed once (evaluation), not at every training step."""
-    tensors = [tf.convert_to_tensor(magnitudes, tf.float32) for magnitudes in magnitudes_list]
-    flat = tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], 0)
-    total = int(flat.shape[0])
-    keep = kept_count(total, remaining_ratio)
-    indices = tf.math.top_k(flat, keep, sorted=True).indices
-    kept = tf.scatter_nd(indices[:, None], tf.ones([keep], tf.float32), [total])
-    sizes = [int(np.prod(tensor.shape)) for tensor in tensors]
-    return [tf.reshape(piece, tf.shape(tensor)) for piece, tensor in zip(tf.split(kept, sizes), tensors)]
+    """`global_top_k_masks` from `tf.math.top_k` rather than the XLA radix select: the same masks with nothing
+    compiled, so the cheaper choice for masks computed once (evaluation), not at every training step."""
+    return global_top_k_masks(magnitudes_list, remaining_ratio, compiled=False)
 
 
 def _padded_length(total):
