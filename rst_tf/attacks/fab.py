@@ -53,16 +53,22 @@ def project_linf(points, normals, offsets, clip_min=0.0, clip_max=1.0):
     points = tf.convert_to_tensor(points)
     normals = tf.convert_to_tensor(normals, points.dtype)
     offsets = tf.convert_to_tensor(offsets, points.dtype)
-    residual = tf.reduce_sum(normals * points, axis=-1) - offsets
-    # +1: raise the coordinate, -1: lower it, 0: it does not change normals . z.
+    return _project_linf(points, normals, tf.reduce_sum(normals * points, axis=-1) - offsets, clip_min, clip_max)
+
+
+def _project_linf(points, normals, residual, clip_min, clip_max):
+    """`project_linf` given each row's ``residual = normals . points - offsets``."""
+    # +1: normals . z must rise, -1: it must fall.
     towards = tf.where(residual >= 0, -tf.ones_like(residual), tf.ones_like(residual))
-    direction = towards[:, None] * tf.sign(normals)
-    room = tf.where(direction > 0, clip_max - points, tf.where(direction < 0, points - clip_min, tf.zeros_like(points)))
+    # A coordinate rises where its normal's sign agrees with `towards`. Coordinates of zero normal carry no weight,
+    # so their room does not count, and their step is zero (the sign of their normal).
+    rising = tf.equal(normals > 0, (towards > 0)[:, None])
+    room = tf.where(rising, clip_max - points, points - clip_min)
     needed = tf.abs(residual)
     weight = tf.abs(normals)
     budget, settled = _newton_budget(room, weight, needed)
     budget = tf.cond(tf.reduce_all(settled), lambda: budget, lambda: _sorted_budget(room, weight, needed))
-    return direction * tf.minimum(budget[:, None], room)
+    return tf.minimum(budget[:, None], room) * (towards[:, None] * tf.sign(normals))
 
 
 # Newton steps of the projection before it falls back to sorting (a handful suffice on images).
@@ -72,23 +78,24 @@ NEWTON_STEPS = 32
 def _newton_budget(room, weight, needed):
     """(L-inf budget per row, settled per row) by Newton's method on the progress: with S the coordinates whose room
     is within the budget, the next budget is ``(needed - sum_S w room) / sum_not_S w``; the budget only grows, and it
-    is the solution once S no longer changes. +inf where the box does not reach the hyperplane."""
+    is the solution once it no longer changes (S then no longer changes). +inf where the box does not reach the
+    hyperplane."""
     full = weight * room
     reachable = tf.reduce_sum(full, axis=-1) >= needed
     zeros = tf.zeros_like(room)
     tiny = tf.constant(_TINY, room.dtype)
 
-    def body(step, budget, count, settled):
+    def body(step, budget, settled):
         saturated = room <= budget[:, None]
         filled = tf.reduce_sum(tf.where(saturated, full, zeros), axis=-1)
         active = tf.reduce_sum(tf.where(saturated, zeros, weight), axis=-1)
-        new_count = tf.reduce_sum(tf.cast(saturated, tf.int32), axis=-1)
-        budget = tf.maximum((needed - filled) / tf.maximum(active, tiny), budget)
-        return step + 1, tf.where(reachable, budget, tf.zeros_like(budget)), new_count, new_count == count
+        new_budget = tf.maximum((needed - filled) / tf.maximum(active, tiny), budget)
+        new_budget = tf.where(reachable, new_budget, tf.zeros_like(new_budget))
+        return step + 1, new_budget, new_budget == budget
 
-    start = (tf.constant(0), tf.zeros_like(needed), -tf.ones_like(needed, tf.int32), tf.zeros_like(needed, tf.bool))
-    _, budget, _, settled = tf.while_loop(lambda step, *state: (step < NEWTON_STEPS) & ~tf.reduce_all(state[-1]),
-                                          body, start)
+    start = (tf.constant(0), tf.zeros_like(needed), tf.zeros_like(needed, tf.bool))
+    _, budget, settled = tf.while_loop(lambda step, budget, settled: (step < NEWTON_STEPS) & ~tf.reduce_all(settled),
+                                       body, start)
     return tf.where(reachable, budget, tf.constant(np.inf, room.dtype)), settled | ~reachable
 
 
@@ -140,13 +147,10 @@ def _step(model_fn, x, clean, labels, targets, image_shape, closest, distance, c
     distance, moved, fooled, moved_distance)."""
     rows = tf.shape(x)[0]
     gap, normal = _boundary(model_fn, x, image_shape, labels, targets)
-    # The linearised boundary: normal . z = normal . x - gap.
-    offset = tf.reduce_sum(normal * x, axis=-1) - gap
-    both = project_linf(
-        tf.concat([x, clean], 0), tf.concat([normal, normal], 0), tf.concat([offset, offset], 0),
-        clip_min, clip_max,
-    )
-    from_current, from_clean = both[:rows], both[rows:]
+    # The linearised boundary normal . z = normal . x - gap: x is `gap` above it, the clean image
+    # gap + normal . (clean - x).
+    from_current = _project_linf(x, normal, gap, clip_min, clip_max)
+    from_clean = _project_linf(clean, normal, gap + tf.reduce_sum(normal * (clean - x), axis=-1), clip_min, clip_max)
     length_current = tf.maximum(tf.reduce_max(tf.abs(from_current), axis=-1), _MIN_STEP)
     length_clean = tf.maximum(tf.reduce_max(tf.abs(from_clean), axis=-1), _MIN_STEP)
     alpha = tf.clip_by_value(length_current / (length_current + length_clean), 0.0, ALPHA_MAX)[:, None]
