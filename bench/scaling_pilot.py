@@ -6,8 +6,9 @@ Reads each width's seed-0 dense AT run of the study (the study runs them first, 
 test accuracy of its best and last checkpoints and the process CPU seconds of its training (OUTPUT_DIR/
 run_times.json, or --train_cpu_seconds=WIDTH:SECONDS for a run timed outside the study). Measures the CPU
 milliseconds of one PGD-20 example per width (standard protocol, --eval_examples test images, batch 500) beside
-the fp32 peak, and of one autoattack_fast example (--autoattack_examples test images). The RST runs of seed 0 that
-the study has finished give the search's training cost beside dense AT's; the standard AutoAttack's cost is counted
+the fp32 peak, and of one autoattack_fast example (--autoattack_examples test images). The training costs per
+image-epoch are the means over every run of the study finished and timed in one piece (any seed; a resumed run's
+seconds are its last part's only), dense AT's and the RST search's; the standard AutoAttack's cost is counted
 as the fast one's times the largest ratio of the two in docs/autoattack_speed.json. Writes docs/scaling_pilot.json,
 whose "cost_model" `bin/reproduce --study=scaling --dry_run` reads.
 """
@@ -53,6 +54,21 @@ def _train_cpu_seconds(timed, relative_run):
     return timed[key]["cpu_seconds"] if key and not timed[key].get("resumed") else None
 
 
+def _timed_runs(timed, study_dir, width):
+    """([dense AT CPU seconds], [RST search CPU seconds]) of the runs at `width`, every seed, timed in one piece."""
+    dense, rst = [], []
+    width_dir = os.path.join(study_dir, f"width_{width:g}")
+    for seed_name in sorted(os.listdir(width_dir)) if os.path.isdir(width_dir) else []:
+        root = os.path.join(f"width_{width:g}", seed_name)
+        seconds = _train_cpu_seconds(timed, os.path.join(root, "dense_at"))
+        dense += [] if seconds is None else [seconds]
+        rst_dir = os.path.join(study_dir, root, "rst")
+        for name in sorted(os.listdir(rst_dir)) if os.path.isdir(rst_dir) else []:
+            seconds = _train_cpu_seconds(timed, os.path.join(root, "rst", name))
+            rst += [] if seconds is None else [seconds]
+    return dense, rst
+
+
 def _standard_over_fast(path):
     """The largest ratio of standard to fast AutoAttack CPU seconds in docs/autoattack_speed.json (None if absent)."""
     if not os.path.isfile(path):
@@ -88,12 +104,10 @@ def main():
         image_epochs = final["num_train"] * len(metrics["epochs"])
         cpu_seconds = _train_cpu_seconds(timed, os.path.join(f"width_{width:g}", "seed_0", "dense_at"))
         cpu_seconds = outside.get(width) if cpu_seconds is None else cpu_seconds
-        train_ms[f"{width:g}"] = None if cpu_seconds is None else 1000 * cpu_seconds / image_epochs
-        rst_root = os.path.join(f"width_{width:g}", "seed_0", "rst")
-        rst_seconds = [seconds for seconds in (
-            _train_cpu_seconds(timed, os.path.join(rst_root, name))
-            for name in (sorted(os.listdir(os.path.join(args.study_dir, rst_root)))
-                         if os.path.isdir(os.path.join(args.study_dir, rst_root)) else [])) if seconds is not None]
+        # The cost model: every run of the width the study has finished and timed in one piece, any seed.
+        dense_seconds, rst_seconds = _timed_runs(timed, args.study_dir, width)
+        dense_seconds = dense_seconds or ([] if cpu_seconds is None else [cpu_seconds])
+        train_ms[f"{width:g}"] = 1000 * sum(dense_seconds) / len(dense_seconds) / image_epochs if dense_seconds else None
         if rst_seconds:
             train_rst_ms[f"{width:g}"] = 1000 * sum(rst_seconds) / len(rst_seconds) / image_epochs
         eval_ms[f"{width:g}"] = _eval_cpu_ms(run_dir, args.data_dir, args.eval_examples)
@@ -106,7 +120,7 @@ def main():
                      "train_image_epochs": image_epochs, "train_cpu_seconds": cpu_seconds,
                      "train_cpu_ms_per_image_epoch": train_ms[f"{width:g}"],
                      "train_rst_cpu_ms_per_image_epoch": train_rst_ms.get(f"{width:g}"),
-                     "rst_runs_timed": len(rst_seconds),
+                     "dense_runs_timed": len(dense_seconds), "rst_runs_timed": len(rst_seconds),
                      "eval_pgd20_cpu_ms_per_example": eval_ms[f"{width:g}"],
                      "eval_autoattack_fast_cpu_ms_per_example": autoattack_ms.get(f"{width:g}")})
         print(f"width {width:g}: natural {final['best']['test_natural_accuracy']:.3f}, PGD-20 "
