@@ -172,7 +172,8 @@ def _print_cost(scaling, planned, config, ratios):
         cost = scaling.CostModel(**json.load(handle)["cost_model"])
     found = scaling.estimate(cost, planned, config.train_examples, config.epochs, FLAGS.study_test_examples,
                              len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
-                             reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
+                             reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
+                             epsilon=float(FLAGS.eval_epsilons[0]))
     widths = ", ".join(f"{w}: {m:.0f}" for w, m in found["per_width"].items())
     parts = ", ".join(f"{part} {minutes:.0f}" for part, minutes in found["parts"].items())
     print(f"cost model ({FLAGS.cost_model}): training {found['train_cpu_minutes']:.0f} + evaluation "

@@ -1,5 +1,6 @@
 """AttackedAccuracy: masks once per evaluation, traced and eager-only attacks, reproducible, honest rows; the 95%
 Wilson interval of every reported accuracy."""
+import dataclasses
 import math
 
 import keras
@@ -100,3 +101,43 @@ def test_wilson_interval_matches_the_formula_by_hand():
     assert record["num_examples"] == 1000 and record["interval"] == list(intervals.wilson_interval(211, 1000))
     with pytest.raises(ValueError, match="correct must be in"):
         intervals.wilson_interval(11, 10)
+
+
+def _template_batches():
+    from template_model import train_template_model
+
+    model, images, labels = train_template_model(64)
+    return model, [(tf.constant(images[start:start + 32]), tf.constant(labels[start:start + 32])) for start in (0, 32)]
+
+
+def test_the_paper_protocols_verdicts_read_off_the_standard_run_equal_its_own_attack():
+    """PGD with early stop keeps an example's first misclassified iterate, so on a deterministic model its verdicts
+    follow from the standard run's trajectory; large steps make some examples misclassified on the way and correct
+    at the end, so the two protocols differ here."""
+    model, batches = _template_batches()
+    standard = attacks.AttackConfig(name="pgd", epsilon=7 / 255, steps=7, step_size=14 / 255, random_start=True)
+    paper = dataclasses.replace(standard, early_stop=True)
+    assert attacks.pgd.paper_verdicts_follow(standard, paper)
+    both = attacked.AttackedAccuracy(model, standard, seed=3).per_example_with_paper(batches, paper)
+    alone = [attacked.AttackedAccuracy(model, config, seed=3).per_example(batches) for config in (standard, paper)]
+    np.testing.assert_array_equal(both[0], alone[0])
+    np.testing.assert_array_equal(both[1], alone[1])
+    assert np.all(both[1] <= both[0]) and both[1].sum() < both[0].sum()
+    # The suite measures the pair with one attack, in the order asked, and says so.
+    result = suite.evaluate_attacks(model, batches, [paper, standard], seed=3)
+    assert result["attacks"][0]["correct"] == alone[1].tolist() and result["attacks"][1]["correct"] == alone[0].tolist()
+    assert result["attacks"][0]["read_off_standard_run"] and result["attacks"][0]["cpu_seconds"] == 0.0
+    assert "read_off_standard_run" not in result["attacks"][1]
+
+
+def test_only_the_early_stopping_twin_of_a_one_start_linf_pgd_is_read_off():
+    standard = attacks.pgd_eval_config(8 / 255, "standard")
+    assert attacks.pgd.paper_verdicts_follow(standard, attacks.pgd_eval_config(8 / 255, "paper"))
+    # At 12/255 the protocols' steps differ (3/255 against 2/255).
+    assert not attacks.pgd.paper_verdicts_follow(attacks.pgd_eval_config(12 / 255, "standard"),
+                                                 attacks.pgd_eval_config(12 / 255, "paper"))
+    assert not attacks.pgd.paper_verdicts_follow(dataclasses.replace(standard, restarts=2),
+                                                 attacks.pgd_eval_config(8 / 255, "paper", restarts=2))
+    assert not attacks.pgd.paper_verdicts_follow(standard, standard)
+    with pytest.raises(ValueError, match="early-stopping twin"):
+        attacked.AttackedAccuracy(small_network(), standard).per_example_with_paper(batches(), standard)

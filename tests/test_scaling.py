@@ -69,14 +69,19 @@ def test_the_cost_model_counts_every_run_at_its_width(tmp_path):
     parts = found["parts"]
     # 2 seeds x 2000 image-epochs x (dense 3 + 2 RSTs x 4.5 at 0.125; dense 6 + 2 RSTs x 6 x 4.5 / 3 at 0.25).
     assert parts["training"] == pytest.approx(2 * 2000 * ((3.0 + 2 * 4.5) + (6.0 + 2 * 9.0)) / 60000)
-    # Evaluation at 0.25 extrapolated as 4x 0.125's; the paper protocol counted as half a pass.
-    assert parts["pgd"] == pytest.approx(2 * 3 * 1.5 * 600 * (1.0 + 4.0) / 60000)
-    assert parts["r2s"] == pytest.approx(2 * (1 + 2 * 2) * 1.5 * 300 * (1.0 + 4.0) / 60000)
+    # Evaluation at 0.25 extrapolated as 4x 0.125's; at 8/255 the paper protocol's PGD is read off the standard
+    # run's, R2S's is a pass of its own.
+    assert parts["pgd"] == pytest.approx(2 * 3 * 1 * 600 * (1.0 + 4.0) / 60000)
+    assert parts["r2s"] == pytest.approx(2 * (1 + 2 * 2) * 2 * 300 * (1.0 + 4.0) / 60000)
     assert parts["autoattack_fast"] == pytest.approx(2 * 2 * 600 * (10.0 + 40.0) / 60000)
     assert parts["autoattack_standard"] == pytest.approx(100 * 40.0 * 4.0 / 60000)  # widest width, first seed
     assert found["train_cpu_minutes"] == pytest.approx(parts["training"])
     assert found["total_cpu_minutes"] == pytest.approx(sum(parts.values()))
     assert sum(found["per_width"].values()) == pytest.approx(found["total_cpu_minutes"])
+    # At 12/255 the protocols' steps differ (3/255 and 2/255): the paper's PGD is a pass of its own.
+    at_12 = scaling.estimate(cost, planned, train_examples=1000, epochs=2, test_examples=600, num_ratios=2,
+                             r2s_test_examples=300, reference_autoattack_examples=100, epsilon=12.0)
+    assert at_12["parts"]["pgd"] == pytest.approx(2 * parts["pgd"])
 
 
 def test_slope_weights_recover_a_linear_trend_in_log2_width():

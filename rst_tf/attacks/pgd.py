@@ -7,6 +7,8 @@ caller's seed, so a resumed run draws the same noise as an uninterrupted one. Ca
 different values than the non-XLA kernels for the same seed (tensorflow/tensorflow#121243); keep the jit setting
 fixed across a resume.
 """
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,12 +16,18 @@ from rst_tf.attacks import config as config_lib
 from rst_tf.attacks import core
 
 
-def _step(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn, active=None):
-    """One ascent step from ``x``, projected around ``images``; with `early_stop`, only examples still classified
-    correctly at ``x`` move."""
+def _ascent(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn):
+    """(one ascent step from ``x``, projected around ``images``; the logits at ``x``)."""
     _, gradient, logits = core.loss_gradient_logits(model_fn, x, labels, loss_fn)
     moved = core.project(images, x + core.ascent_step(gradient, tf.cast(step, images.dtype), norm), epsilon, norm,
                          config.clip_min, config.clip_max)
+    return moved, logits
+
+
+def _step(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn, active=None):
+    """One ascent step from ``x``, projected around ``images``; with `early_stop`, only examples still classified
+    correctly at ``x`` move."""
+    moved, logits = _ascent(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn)
     if config.early_stop:
         moved = tf.where(core.expand_rows(~core.predicted_wrong(logits, labels), images), moved, x)
     return moved
@@ -86,6 +94,43 @@ def pgd_l2(model_fn, images, labels, config, seed, noise_rows=None, unroll=False
 
 def cw_inf(model_fn, images, labels, config, seed, noise_rows=None, unroll=False):
     return _with_restarts(model_fn, images, labels, config, seed, np.inf, core.margin_loss, noise_rows, unroll)
+
+
+def paper_verdicts_follow(standard, paper):
+    """Whether the verdicts of PGD config `paper` (the paper protocol: early stop) can be read off a run of `standard`
+    on a deterministic model: the same L-inf PGD in every field but `early_stop`, from one start. Then `paper` moves
+    each example as `standard` does until the model first misclassifies it, and stops it there."""
+    return (standard.name == paper.name == "pgd" and not standard.early_stop and paper.early_stop
+            and standard.restarts == 1 and dataclasses.replace(paper, early_stop=False) == standard)
+
+
+def pgd_with_wrong_iterates(model_fn, images, labels, config, seed, noise_rows=None):
+    """`pgd` under `config` (no early stop, one restart; the same iterates), and per example whether the model
+    misclassified some iterate before the last, the start included, from the logits the steps compute anyway.
+
+    On a deterministic model, PGD with `config`'s early-stopping twin (`paper_verdicts_follow`) keeps an example's
+    first misclassified iterate, so it finds that example robust exactly when this run does and no flag is set:
+    both protocols' verdicts for the cost of one attack. Returns (adversarial images, flags [batch] bool)."""
+    if config.name != "pgd" or config.early_stop or config.restarts != 1:
+        raise ValueError(f"pgd_with_wrong_iterates runs L-inf PGD without early stop from one start, got {config}")
+    config.validate()
+    images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
+    labels = core.as_class_ids(labels)
+    if config.random_start:
+        start = core.random_start(images, core.fold_seed(core.as_seed(seed), 0), config.epsilon, np.inf,
+                                  config.clip_min, config.clip_max, noise_rows)
+    else:
+        start = images
+
+    def body(step, x, wrong):
+        moved, logits = _ascent(model_fn, images, x, labels, config.step_size, config.epsilon, np.inf, config,
+                                core.cross_entropy_loss)
+        return step + 1, tf.stop_gradient(moved), wrong | core.predicted_wrong(logits, labels)
+
+    _, adversarial, wrong = tf.while_loop(
+        lambda step, *_: step < config.steps, body,
+        (tf.constant(0), start, tf.zeros(tf.shape(labels)[:1], tf.bool)), maximum_iterations=config.steps)
+    return adversarial, wrong
 
 
 def _check_pgd(config):

@@ -92,6 +92,31 @@ class AttackedAccuracy(MaskedAttacker):
             return clean
         return self.correct(self.generate(batches, masks, progress), batches, masks) & clean
 
+    def per_example_with_paper(self, batches, paper):
+        """(`per_example`, the same under PGD config `paper`) from one attack: this object's attack is the standard
+        PGD whose trajectory gives `paper`'s verdicts (`attacks.pgd.paper_verdicts_follow`; the network runs in
+        inference mode, so it is deterministic). An example is robust under `paper` when it is under this attack
+        and the model classified every earlier iterate correctly, the start included."""
+        if not attacks.pgd.paper_verdicts_follow(self.attack, paper):
+            raise ValueError(f"{paper} is not the early-stopping twin of {self.attack}")
+        if not hasattr(self, "_track"):
+            self._track = tf.function(self._track_batch, reduce_retracing=True, autograph=False)
+        masks = self._masks()
+        parameters = self._parameters(masks)
+        clean = self.clean_correct(batches, masks)
+        found, wrong_before = [], []
+        for index, (images, labels) in enumerate(batches):
+            adversarial, wrong = self._track(images, labels, parameters, tf.constant([self.seed, index], tf.int64))
+            found.append(adversarial)
+            wrong_before.append(wrong.numpy())
+        standard = self.correct(found, batches, masks) & clean
+        wrong_before = np.concatenate(wrong_before) if wrong_before else np.zeros([0], bool)
+        return standard, standard & (~wrong_before).astype(np.int32)
+
+    def _track_batch(self, images, labels, parameters, seed):
+        return attacks.pgd.pgd_with_wrong_iterates(lambda x: self._folded.logits(x, parameters), images, labels,
+                                                   self.attack, seed)
+
     def __call__(self, batches):
         """Accuracy in [0, 1] over all batches."""
         correct = self.per_example(batches)

@@ -143,7 +143,8 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural
       attacks: one dict per config, in order: name, label, norm, epsilon, config (every field, via
         dataclasses.asdict; autoattack also records what it runs), accuracy, num_examples, interval (95% Wilson),
         correct (per example, 0/1: correct clean and under the attack), seconds and cpu_seconds (wall and process
-        CPU time of the attack);
+        CPU time of the attack). A paper-protocol PGD whose standard twin is in the list too is read off the twin's
+        run (`paper_twins`): its record has seconds 0 and `read_off_standard_run`;
       worst_case: {accuracy, num_examples, interval, correct, attacks}: an example counts as robust only if it is
         classified correctly clean and under every attack;
       worst_case_by_threat: the same per threat model (norm, epsilon), e.g. every L-inf attack at 8/255.
@@ -156,20 +157,33 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural
     if natural is None:
         natural = attacked.AttackedAccuracy(network, attacks.AttackConfig(name="none"), seed).per_example(batches)
     natural = np.asarray(natural, np.int32)
-    results = []
-    for config in attack_configs:
+    twins = paper_twins(attack_configs)
+    found = {}
+    for index, config in enumerate(attack_configs):
+        if index in twins.values():
+            continue  # read off its standard twin's run
         wall_start, cpu_start = time.perf_counter(), time.process_time()
         if progress is not None:
             progress.begin(threats.attack_label(config), len(batches))
-        correct = attacked.AttackedAccuracy(network, config, seed).per_example(batches, progress) & natural
+        attack = attacked.AttackedAccuracy(network, config, seed)
+        if index in twins:
+            correct, paper_correct = attack.per_example_with_paper(batches, attack_configs[twins[index]])
+            paper_correct = paper_correct & natural
+        else:
+            correct = attack.per_example(batches, progress)
+        correct = correct & natural
         if progress is not None:
             progress.end()
-        result = dict(name=config.name, label=threats.attack_label(config), norm=threats.norm_of(config),
-                      epsilon=float(config.epsilon), config=_config_record(config, network), **accuracy_record(correct),
-                      seconds=time.perf_counter() - wall_start, cpu_seconds=time.process_time() - cpu_start)
-        results.append(result)
-        if log is not None:
+        found[index] = _attack_record(config, network, correct, time.perf_counter() - wall_start,
+                                      time.process_time() - cpu_start)
+        done = [index]
+        if index in twins:
+            found[twins[index]] = dict(_attack_record(attack_configs[twins[index]], network, paper_correct, 0.0, 0.0),
+                                       read_off_standard_run=True)
+            done.append(twins[index])
+        for result in (found[key] for key in done if log is not None):
             log(f"{result['label']}: accuracy {result['accuracy']:.4f} on {result['num_examples']} examples")
+    results = [found[index] for index in range(len(attack_configs))]
     by_threat = {}
     for result in results:
         by_threat.setdefault((result["norm"], result["epsilon"]), []).append(result)
@@ -180,6 +194,24 @@ def evaluate_attacks(network, batches, attack_configs, seed=0, log=None, natural
         "worst_case_by_threat": [dict(norm=norm, epsilon=epsilon, **worst_case(natural, group))
                                  for (norm, epsilon), group in sorted(by_threat.items())],
     }
+
+
+def paper_twins(attack_configs):
+    """{index of a standard PGD config: index of its early-stopping twin} among `attack_configs`: the twin's verdicts
+    are read off the standard run (`attacks.pgd.paper_verdicts_follow`) instead of a second attack."""
+    twins = {}
+    for index, config in enumerate(attack_configs):
+        twin = next((other for other, candidate in enumerate(attack_configs)
+                     if other not in twins.values() and attacks.pgd.paper_verdicts_follow(config, candidate)), None)
+        if twin is not None:
+            twins[index] = twin
+    return twins
+
+
+def _attack_record(config, network, correct, seconds, cpu_seconds):
+    return dict(name=config.name, label=threats.attack_label(config), norm=threats.norm_of(config),
+                epsilon=float(config.epsilon), config=_config_record(config, network), **accuracy_record(correct),
+                seconds=seconds, cpu_seconds=cpu_seconds)
 
 
 def worst_case(natural, results):

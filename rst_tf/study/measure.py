@@ -55,29 +55,44 @@ def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, 
     same protocol, budgets and test seed is not evaluated again). An example counts as robust only if its clean
     image is classified correctly too; PGD runs the runs' `eval_attack_steps`.
     """
+    return evaluate_runs_under({pgd_protocol: cache_path}, run_dirs, epsilons, test_sets, seed, log)[pgd_protocol]
+
+
+def evaluate_runs_under(cache_paths, run_dirs, epsilons, test_sets, seed=0, log=print):
+    """`evaluate_runs` under each PGD protocol of `cache_paths` ({protocol: cache path}): {protocol: its result}.
+    A run's missing protocols are measured in one `suite.evaluate_attacks` call, so where the paper's protocol takes
+    the standard one's steps (at 8/255) its verdicts are read off the standard run, not attacked again."""
     from rst_tf.reports import suite
 
-    cache = run_files.read_json(cache_path)
+    caches = {protocol: run_files.read_json(path) for protocol, path in cache_paths.items()}
     wanted = [f"{e:g}" for e in epsilons]
     for run_dir in run_dirs:
-        cached = cache.get(run_dir, {})
-        if (cached.get("pgd_protocol") == pgd_protocol and cached.get("test_seed") == test_sets.test_seed
-                and all(key in cached.get("robust_correct", {}) for key in wanted)):
+        missing = [protocol for protocol, cache in caches.items()
+                   if not (cache.get(run_dir, {}).get("pgd_protocol") == protocol
+                           and cache[run_dir].get("test_seed") == test_sets.test_seed
+                           and all(key in cache[run_dir].get("robust_correct", {}) for key in wanted))]
+        if not missing:
             continue
         network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
-        attack_configs = [pgd(config.eval_attack_steps, e / 255, pgd_protocol) for e in epsilons]
+        attack_configs = [pgd(config.eval_attack_steps, e / 255, protocol) for protocol in missing for e in epsilons]
         result = suite.evaluate_attacks(network, test_sets.batches(config), attack_configs, seed=seed)
-        cache[run_dir] = {
-            "natural": result["natural"]["accuracy"], "natural_correct": contrasts.pack(result["natural"]["correct"]),
-            "robust": {key: attack["accuracy"] for key, attack in zip(wanted, result["attacks"])},
-            "robust_correct": {key: contrasts.pack(attack["correct"]) for key, attack in zip(wanted, result["attacks"])},
-            "robust_intervals": {key: attack["interval"] for key, attack in zip(wanted, result["attacks"])},
-            "num_examples": result["natural"]["num_examples"], "pgd_protocol": pgd_protocol,
-            "test_seed": test_sets.test_seed, "seconds": sum(attack["seconds"] for attack in result["attacks"])}
-        log(f"evaluated {run_dir}: natural {cache[run_dir]['natural']:.4f}, " + ", ".join(
-            f"ε {key} {value:.4f}" for key, value in cache[run_dir]["robust"].items()))
-        run_files.write_json(cache_path, cache)
-    return {run_dir: cache[run_dir] for run_dir in run_dirs}
+        for position, protocol in enumerate(missing):
+            measured = result["attacks"][position * len(epsilons):(position + 1) * len(epsilons)]
+            entry = {
+                "natural": result["natural"]["accuracy"],
+                "natural_correct": contrasts.pack(result["natural"]["correct"]),
+                "robust": {key: attack["accuracy"] for key, attack in zip(wanted, measured)},
+                "robust_correct": {key: contrasts.pack(attack["correct"]) for key, attack in zip(wanted, measured)},
+                "robust_intervals": {key: attack["interval"] for key, attack in zip(wanted, measured)},
+                "num_examples": result["natural"]["num_examples"], "pgd_protocol": protocol,
+                "test_seed": test_sets.test_seed, "seconds": sum(attack["seconds"] for attack in measured)}
+            if any(attack.get("read_off_standard_run") for attack in measured):
+                entry["read_off_standard_run"] = True
+            caches[protocol][run_dir] = entry
+            log(f"evaluated {run_dir} ({protocol} PGD): natural {entry['natural']:.4f}, " + ", ".join(
+                f"ε {key} {value:.4f}" for key, value in entry["robust"].items()))
+            run_files.write_json(cache_paths[protocol], caches[protocol])
+    return {protocol: {run_dir: cache[run_dir] for run_dir in run_dirs} for protocol, cache in caches.items()}
 
 
 def transfer_between(run_dirs, names, epsilon, steps, cache_path, test_sets, seed=0, pgd_protocol="standard"):

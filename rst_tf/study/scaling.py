@@ -141,22 +141,25 @@ class CostModel:
 AUTOATTACK_FAST_PASSES = 6.0
 # The standard AutoAttack's cost in fast ones when the pilot read no measured ratio (the fast one's aim: a fifth).
 STANDARD_OVER_FAST_AUTOATTACK = 5.0
-# The paper's PGD protocol stops attacking an example once it is misclassified: counted as this share of a pass.
-PAPER_PROTOCOL_SHARE = 0.5
 
 
 def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r2s_test_examples=None,
-             reference_autoattack_examples=None):
+             reference_autoattack_examples=None, epsilon=8.0):
     """The plan's CPU minutes: {train_cpu_minutes, eval_cpu_minutes, total_cpu_minutes, parts: {part: minutes},
-    per_width: {w: minutes}, budget_cpu_minutes}. Evaluation (as `evaluate` does it): PGD-20 of every run under both
-    protocols on `test_examples`; R2S under both protocols (the vanilla attack one pass, EOT and Ensemble one pass
-    per ticket; the tickets alone are the runs' own results) on `r2s_test_examples`; the fast AutoAttack of dense AT
-    and the RST at 20% on `test_examples`; the standard AutoAttack of that RST at the widest width's first seed on
-    `reference_autoattack_examples`."""
+    per_width: {w: minutes}, budget_cpu_minutes}. Evaluation (as `evaluate` does it) at `epsilon` (/255): PGD-20
+    of every run under both protocols on `test_examples` (the paper's one a pass of its own, or none where it is read
+    off the standard run: `attacks.pgd.paper_verdicts_follow`, at 8/255); R2S under both protocols, a pass each (the
+    vanilla attack one pass, EOT and Ensemble one pass per ticket; the tickets alone are the runs' own results) on
+    `r2s_test_examples`; the fast AutoAttack of dense AT and the RST at 20% on `test_examples`; the standard
+    AutoAttack of that RST at the widest width's first seed on `reference_autoattack_examples`."""
+    from rst_tf import attacks
+
     r2s_examples = test_examples if r2s_test_examples is None else min(r2s_test_examples, test_examples)
     reference_examples = (test_examples if reference_autoattack_examples is None
                           else min(reference_autoattack_examples, test_examples))
-    protocols = 1 + PAPER_PROTOCOL_SHARE
+    read_off = attacks.pgd.paper_verdicts_follow(attacks.pgd_eval_config(epsilon / 255, "standard"),
+                                                 attacks.pgd_eval_config(epsilon / 255, "paper"))
+    run_passes, r2s_passes = (1 if read_off else 2), 2
     parts = dict.fromkeys(("training", "pgd", "r2s", "autoattack_fast", "autoattack_standard"), 0.0)
     per_width = {}
     widest, first_seed = max(width for width, _ in planned), next(iter(planned))[1]
@@ -165,8 +168,8 @@ def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r
             "training": sum(len(step.run_dirs()) * train_examples * epochs * (
                 cost.at(cost.train_ms, width) if step.name == "dense_at" else cost.train_rst(width))
                 for step in steps) / 60000,
-            "pgd": (1 + num_ratios) * protocols * test_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
-            "r2s": (1 + 2 * num_ratios) * protocols * r2s_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
+            "pgd": (1 + num_ratios) * run_passes * test_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
+            "r2s": (1 + 2 * num_ratios) * r2s_passes * r2s_examples * cost.at(cost.eval_pgd_ms, width) / 60000,
             "autoattack_fast": 2 * test_examples * cost.autoattack_fast(width) / 60000,
             "autoattack_standard": (reference_examples * cost.autoattack_fast(width) * (
                 cost.standard_over_fast_autoattack or STANDARD_OVER_FAST_AUTOATTACK) / 60000
@@ -220,9 +223,9 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
     runs = run_dirs(planned)
     first_seed = next(iter(planned))[1]
-    evaluation = {protocol: measure.evaluate_runs(runs, [epsilon], os.path.join(
-        output_dir, cache_name("evaluation", protocol)), test_sets, first_seed, log, protocol)
-        for protocol in protocols}
+    evaluation = measure.evaluate_runs_under(
+        {protocol: os.path.join(output_dir, cache_name("evaluation", protocol)) for protocol in protocols}, runs,
+        [epsilon], test_sets, first_seed, log)
     r2s = {}
     for (width, seed), steps_of_run in planned.items():
         folder = reproduce.seed_dir(width_dir(output_dir, width), seed)
