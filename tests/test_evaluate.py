@@ -103,26 +103,24 @@ def test_wilson_interval_matches_the_formula_by_hand():
         intervals.wilson_interval(11, 10)
 
 
-def _template_batches():
-    from template_model import train_template_model
-
-    model, images, labels = train_template_model(64)
-    return model, [(tf.constant(images[start:start + 32]), tf.constant(labels[start:start + 32])) for start in (0, 32)]
-
-
 def test_the_paper_protocols_verdicts_read_off_the_standard_run_equal_its_own_attack():
     """PGD with early stop keeps an example's first misclassified iterate, so on a deterministic model its verdicts
-    follow from the standard run's trajectory; large steps make some examples misclassified on the way and correct
-    at the end, so the two protocols differ here."""
-    model, batches = _template_batches()
-    standard = attacks.AttackConfig(name="pgd", epsilon=7 / 255, steps=7, step_size=14 / 255, random_start=True)
+    follow from the standard run's trajectory. On MeanCosine (periodic in the mean pixel) steps of 6/255 carry
+    examples across class boundaries and back, so the two protocols differ on many examples here."""
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, MeanCosine()(inputs))
+    values = np.linspace(0.3, 0.7, 64, dtype=np.float32)
+    images = np.broadcast_to(values[:, None, None, None], (64, 4, 4, 3)).copy()
+    labels = np.argmax(model(images).numpy(), -1).astype(np.int32)  # every clean image classified correctly
+    batches = [(tf.constant(images[start:start + 32]), tf.constant(labels[start:start + 32])) for start in (0, 32)]
+    standard = attacks.AttackConfig(name="pgd", epsilon=8 / 255, steps=10, step_size=6 / 255, random_start=True)
     paper = dataclasses.replace(standard, early_stop=True)
     assert attacks.pgd.paper_verdicts_follow(standard, paper)
     both = attacked.AttackedAccuracy(model, standard, seed=3).per_example_with_paper(batches, paper)
     alone = [attacked.AttackedAccuracy(model, config, seed=3).per_example(batches) for config in (standard, paper)]
     np.testing.assert_array_equal(both[0], alone[0])
     np.testing.assert_array_equal(both[1], alone[1])
-    assert np.all(both[1] <= both[0]) and both[1].sum() < both[0].sum()
+    assert np.all(both[1] <= both[0]) and both[0].sum() - both[1].sum() >= 10
     # The suite measures the pair with one attack, in the order asked, and says so.
     result = suite.evaluate_attacks(model, batches, [paper, standard], seed=3)
     assert result["attacks"][0]["correct"] == alone[1].tolist() and result["attacks"][1]["correct"] == alone[0].tolist()
