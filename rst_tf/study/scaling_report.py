@@ -19,8 +19,8 @@ PROTOCOLS = ("standard", "paper")
 PROTOCOL_TEXT = {"standard": "step ε/4, random start, no early stop",
                  "paper": "step 2/255, random start, an example stops being attacked once misclassified (the "
                           "official RST test code)"}
-PAPER_PROTOCOL_NOTE = ("the paper's PGD stops attacking an example as soon as one draw of the randomised model "
-                       "misclassifies it, which flatters R2S")
+PAPER_PROTOCOL_NOTE = ("the paper's PGD does not move an example at a step where that step's draw of the randomised "
+                       "model misclassifies it, which flatters R2S")
 
 
 class Measured:
