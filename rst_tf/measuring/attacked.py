@@ -84,6 +84,10 @@ class MaskedAttacker:
 class AttackedAccuracy(MaskedAttacker):
     """Accuracy of `network` under `attack` over batches of (images, labels)."""
 
+    def __init__(self, network, attack, seed=0):
+        super().__init__(network, attack, seed)
+        self._track = tf.function(self._track_batch, reduce_retracing=True, autograph=False)
+
     def per_example(self, batches, progress=None):
         """A {0, 1} array: was each example classified correctly both clean and under the attack."""
         masks = self._masks()
@@ -99,8 +103,6 @@ class AttackedAccuracy(MaskedAttacker):
         and the model classified every earlier iterate correctly, the start included."""
         if not attacks.pgd.paper_verdicts_follow(self.attack, paper):
             raise ValueError(f"{paper} is not the early-stopping twin of {self.attack}")
-        if not hasattr(self, "_track"):
-            self._track = tf.function(self._track_batch, reduce_retracing=True, autograph=False)
         masks = self._masks()
         parameters = self._parameters(masks)
         clean = self.clean_correct(batches, masks)
