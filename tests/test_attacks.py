@@ -370,3 +370,28 @@ def test_keep_rows_gathers_only_the_rows_kept(traced):
     np.testing.assert_array_equal(some["x"], [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]])
     np.testing.assert_array_equal(some["history"], [[1, 3], [5, 7]])
     assert keep_rows(structure, tf.zeros([0], tf.int64), {"history": 1})["x"].shape == (0, 3)
+
+
+@pytest.mark.parametrize("name", ["autoattack_fast", "autoattack"])
+def test_the_autoattack_schedules_trace_once_per_model_function_not_per_batch(trained, name):
+    """Every batch of an evaluation gets the same model function (`MaskedAttacker.generate`): the schedules' traced
+    components are kept for it, so later batches trace nothing, and the results are those of a fresh function."""
+    model, images, labels = trained
+    traces = []
+
+    def model_fn(x):
+        traces.append(x.shape)  # runs when a traced function traces the model, and on eager calls
+        return model(x, training=False)
+
+    config = dataclasses.replace(attacks.autoattack_fast_config(8 / 255) if name == "autoattack_fast"
+                                 else attacks.autoattack_config(8 / 255), steps=3, max_queries=20)
+    found = []
+    for index in range(4):
+        rows = slice(16 * index, 16 * index + 16)
+        found.append(attacks.generate(model_fn, images[rows], labels[rows], config, tf.constant([0, index])))
+        if index == 1:
+            after_two = len(traces)
+    assert len(traces) == after_two  # the third and fourth batches trace nothing (the second relaxes shapes)
+    fresh = attacks.generate(lambda x: model(x, training=False), images[48:64], labels[48:64], config,
+                             tf.constant([0, 3]))
+    np.testing.assert_array_equal(found[3].numpy(), fresh.numpy())

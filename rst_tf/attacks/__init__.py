@@ -50,7 +50,10 @@ def generate(model_fn, images, labels, config: AttackConfig, seed, noise_rows=No
       progress: optional callable ``(component, examples_left)``, called by the AutoAttack schedules
         (``autoattack``, ``autoattack_fast``) before each component and with ``"done"`` at the end.
 
-    Attacks in `EAGER_ONLY_ATTACKS` raise a RuntimeError inside ``tf.function``. Minimum-norm attacks (``cw_l2``,
+    Attacks in `EAGER_ONLY_ATTACKS` raise a RuntimeError inside ``tf.function``. The AutoAttack schedules keep
+    their traced components for the last two (``model_fn``, ``config``) pairs, so batches handed the same
+    ``model_fn`` object trace once; hand a new function when what ``model_fn`` computes changes other than through
+    variables (e.g. it closes over other tensors). Minimum-norm attacks (``cw_l2``,
     ``fab_t``) keep a result only within ``epsilon`` and otherwise return the clean image.
 
     Returns:

@@ -7,6 +7,8 @@ Each component runs only on the examples still classified correctly; its result 
 fresh forward pass misclassifies it. At the end an example keeps its adversarial image only if it is misclassified,
 finite, within epsilon (L-inf) of the clean image and inside the box; the others get the clean image.
 """
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -123,21 +125,40 @@ def _square_component(forward, config):
                                             config.clip_min, config.clip_max)[0]
 
 
+@functools.lru_cache(maxsize=2)
+def _traced_components(model_fn, config):
+    """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T) of the schedules as traced functions, each `(x, y, s, z)` but
+    the forward pass, kept for the last two (model function, config): a caller that hands every batch of an
+    evaluation the same model function traces them once, not per batch."""
+    epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
+
+    def traced(function):
+        return tf.function(function, reduce_retracing=True, autograph=False)
+
+    def apgd_t(x, y, s, z):
+        targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
+        return apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high, clean_logits=z)[0]
+
+    def malt_apgd_t(x, y, s, z):
+        ranked = malt.ranked_targets(model_fn, x, y, z, config.malt_targets)
+        robust = tf.ones(tf.shape(y), tf.bool)
+        return apgd.targeted_on(model_fn, x, y, robust, ranked, epsilon, steps, s, 1, low, high)[0]
+
+    return (traced(model_fn),
+            traced(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
+                                                      clean_logits=z)[0]),
+            traced(apgd_t), traced(malt_apgd_t))
+
+
 def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """Standard AutoAttack, driven eagerly component by component; each component runs as one traced call on the
     examples still classified correctly, with the clean logits computed once. Component c draws its randomness from
     ``stateless_fold_in(seed, c)``."""
-    forward = tf.function(model_fn, reduce_retracing=True, autograph=False)
+    forward, apgd_ce, apgd_t, _ = _traced_components(model_fn, config)
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
     targets = min(fab.STANDARD_TARGET_CLASSES, clean_logits.shape[-1] - 1)
-    apgd_ce = tf.function(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
-                                                             clean_logits=z)[0], reduce_retracing=True,
-                          autograph=False)
-    apgd_t = tf.function(lambda x, y, s, z: apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high,
-                                                          clean_logits=z)[0], reduce_retracing=True,
-                          autograph=False)
     components = (
         ("APGD-CE", apgd_ce),
         ("APGD-T", apgd_t),
@@ -152,21 +173,12 @@ def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, un
     """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
     best MALT-ranked classes of each example still classified correctly, all targets in one batched call, then
     Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
-    forward = tf.function(model_fn, reduce_retracing=True, autograph=False)
-    epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
+    forward, apgd_ce, _, malt_apgd_t = _traced_components(model_fn, config)
+    epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
     malt.check_count(config.malt_targets, clean_logits.shape[-1])
-    apgd_ce = tf.function(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
-                                                             clean_logits=z)[0], reduce_retracing=True,
-                          autograph=False)
-
-    def malt_apgd_t(x, y, s, z):
-        targets = malt.ranked_targets(model_fn, x, y, z, config.malt_targets)
-        robust = tf.ones(tf.shape(y), tf.bool)
-        return apgd.targeted_on(model_fn, x, y, robust, targets, epsilon, steps, s, 1, low, high)[0]
-
-    components = [("APGD-CE", apgd_ce), ("APGD-T", tf.function(malt_apgd_t, reduce_retracing=True, autograph=False))]
+    components = [("APGD-CE", apgd_ce), ("APGD-T", malt_apgd_t)]
     if config.max_queries > 0:
         components.append(("Square", _square_component(forward, config)))
     adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)

@@ -47,9 +47,11 @@ class MaskedAttacker:
     def _logits_batch(self, images, parameters):
         return self._folded.logits(images, parameters)
 
-    def _generate_eagerly(self, images, labels, parameters, seed, progress=None):
-        return attacks.generate(lambda x: self._logits(x, parameters), images, labels, self.attack, seed,
-                                progress=progress)
+    def _generate_eagerly(self, images, labels, parameters, seed, progress=None, model_fn=None):
+        # One model function for every batch of an evaluation: the AutoAttack schedules keep their traced
+        # components per model function, so later batches do not trace again.
+        model_fn = model_fn or (lambda x: self._logits(x, parameters))
+        return attacks.generate(model_fn, images, labels, self.attack, seed, progress=progress)
 
     def _predict_batch(self, images, parameters):
         return tf.argmax(self._folded.logits(images, parameters), axis=-1, output_type=tf.int32)
@@ -58,12 +60,14 @@ class MaskedAttacker:
         """The adversarial images of every batch of (images, labels), as a list of tensors. `progress`: optional
         ``(batch index, component, examples left)`` callback, called by the AutoAttack schedules."""
         parameters = self._parameters(self._masks() if masks is None else masks)
+        model_fn = lambda x: self._logits(x, parameters)  # noqa: E731
         found = []
         for index, (images, labels) in enumerate(batches):
             seed = tf.constant([self.seed, index], tf.int64)
-            if progress is not None and self._generate == self._generate_eagerly:
-                report = lambda component, left, index=index: progress(index, component, left)  # noqa: E731
-                found.append(self._generate_eagerly(images, labels, parameters, seed, progress=report))
+            if self._generate == self._generate_eagerly:
+                report = None if progress is None else (
+                    lambda component, left, index=index: progress(index, component, left))
+                found.append(self._generate_eagerly(images, labels, parameters, seed, report, model_fn))
             else:
                 found.append(self._generate(images, labels, parameters, seed))
         return found
