@@ -163,22 +163,30 @@ def _targets_in_turn(logits_fn, images, labels, steps, seed):
     return ~robust & (np.argmax(clean_logits, axis=-1) == labels)
 
 
-def test_apgd_t_runs_all_targets_in_one_call_drops_fooled_examples_and_keeps_the_verdicts(trained):
+def test_apgd_t_runs_targets_in_turn_on_the_examples_left_and_keeps_the_verdicts(trained):
+    """Eagerly: each call holds every example still robust (all its rows, one per target of the call), as many
+    targets as `core.targets_per_call` gives for them, and the calls cover the targets in rank order; in a graph,
+    one batched call. Both give the verdicts of the reference's runs in turn."""
     model, images, labels = trained
     images, labels = tf.constant(images[:32]), labels[:32]
     logits_fn = _logits_fn(model)
-    batch_sizes = []
+    calls = []
+    inner = apgd.targeted_runner(logits_fn, EPSILON, 4)
 
-    def recording(x):
-        batch_sizes.append(int(x.shape[0]))
-        return logits_fn(x)
+    def run(images, labels, start, targets, groups, num_groups):
+        calls.append((int(images.shape[0]), int(num_groups)))
+        found, fooled = inner(images, labels, start, targets, groups, num_groups)
+        calls[-1] += (int(np.sum(fooled.numpy())),)
+        return found, fooled
 
-    adversarial, broken = apgd.targeted(recording, images, labels, EPSILON, 4, SEED)
+    adversarial, broken = apgd.targeted(logits_fn, images, labels, EPSILON, 4, SEED, run=run)
     correct = int(np.sum(np.argmax(logits_fn(images), axis=-1) == labels))
-    # The clean check, then one call of every (example, target) row that shrinks as examples are fooled.
-    assert batch_sizes[1] == correct * (NUM_CLASSES - 1) and len(batch_sizes) == 1 + 1 + 4
-    assert np.all(np.diff(batch_sizes[1:]) <= 0) and batch_sizes[-1] < batch_sizes[1]
-    assert np.all(np.array(batch_sizes[2:]) % (NUM_CLASSES - 1) == 0)  # an example leaves with all its targets
+    left, ranks = correct, 0
+    for rows, groups, fooled in calls:
+        per_call = attacks.core.targets_per_call(left, NUM_CLASSES - 1 - ranks)
+        assert (groups, rows) == (left, left * per_call)
+        left, ranks = left - fooled, ranks + per_call
+    assert ranks == NUM_CLASSES - 1 and len(calls) > 1 and calls[-1][1] < correct
     wrong = np.argmax(logits_fn(adversarial.numpy()), axis=-1) != labels
     np.testing.assert_array_equal(wrong, broken.numpy())
     in_turn = _targets_in_turn(logits_fn, images, labels, 4, SEED)
@@ -187,6 +195,15 @@ def test_apgd_t_runs_all_targets_in_one_call_drops_fooled_examples_and_keeps_the
                          autograph=False)
     graph = traced(images, labels, tf.constant(SEED, tf.int64)).numpy()
     assert abs(_accuracy(logits_fn, graph, labels) - (1 - broken.numpy().mean())) <= 2 / len(images)
+
+
+def test_targets_per_call_fills_a_call_only_when_few_examples_are_left():
+    assert attacks.core.targets_per_call(200, 9) == 1
+    assert attacks.core.targets_per_call(64, 9) == 1
+    assert attacks.core.targets_per_call(40, 9) == 2
+    assert attacks.core.targets_per_call(5, 9) == 9
+    assert attacks.core.targets_per_call(5, 3) == 3
+    assert attacks.core.targets_per_call(0, 4) == 4
 
 
 def test_run_until_fooled_gives_run_s_verdicts_and_stops_fooled_rows(trained):

@@ -8,7 +8,7 @@ from scipy.optimize import linprog
 
 from rst_tf import attacks
 from rst_tf.attacks import fab
-from template_model import train_template_model
+from template_model import NUM_CLASSES, train_template_model
 from template_model import accuracy as _accuracy
 from template_model import logits_fn as _logits_fn
 
@@ -270,6 +270,35 @@ def test_fab_t_runs_inside_tf_function_like_eagerly_and_rejects_bad_steps(traine
     np.testing.assert_allclose(traced(images, labels).numpy(), _fab_t(_logits_fn(model), images, labels), atol=1e-6)
     with pytest.raises(ValueError, match="steps"):
         attacks.AttackConfig(name="fab_t", epsilon=EPSILON, steps=0).validate()
+
+
+def test_fab_t_runs_targets_in_turn_on_the_examples_left(trained):
+    """Eagerly, each call holds every example still robust (all its rows, one per target of the call) and as many
+    targets as `core.targets_per_call` gives for them; the calls cover the targets in rank order, and the verdicts
+    are those of the batched graph."""
+    model, images, labels = trained
+    images, labels = images[:32], labels[:32]
+    logits_fn = _logits_fn(model)
+    inner = fab.broken_runner(logits_fn, STEPS, EPSILON)
+    calls = []
+
+    def run(images, labels, targets, groups, num_groups):
+        calls.append((int(images.shape[0]), int(num_groups)))
+        return inner(images, labels, targets, groups, num_groups)
+
+    adversarial, broken = fab.attack(logits_fn, images, labels, EPSILON, STEPS, run=run)
+    ranks, count = 0, min(fab.STANDARD_TARGET_CLASSES, NUM_CLASSES - 1)
+    for rows, groups in calls:
+        per_call = attacks.core.targets_per_call(groups, count - ranks)
+        assert rows == groups * per_call
+        ranks += per_call
+    assert ranks == count and len(calls) > 1
+    groups = [groups for _, groups in calls]
+    assert groups[0] == np.sum(np.argmax(logits_fn(images), axis=-1) == labels)
+    assert np.all(np.diff(groups) <= 0) and groups[-1] < groups[0]  # broken examples leave
+    graph = tf.function(lambda x, y: fab.attack(logits_fn, x, y, EPSILON, STEPS), autograph=False)(images, labels)
+    np.testing.assert_array_equal(broken.numpy(), graph[1].numpy())
+    np.testing.assert_allclose(adversarial.numpy(), graph[0].numpy(), atol=1e-6)
 
 
 def test_fab_t_config_is_the_autoattack_component():

@@ -351,17 +351,21 @@ def ranked_targets(clean_logits, labels):
     return tf.argsort(masked, axis=-1, direction="DESCENDING", stable=True)[:, :-1]
 
 
-# Rows (example x target) of one batched targeted call; more targets run in groups of ranks.
+# Rows (example x target) of one batched targeted call in a graph; more targets run in groups of ranks.
 MAX_TARGETED_ROWS = 2048
-
-
 def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=(0, 0), eot_draws=1, clip_min=0.0,
-                clip_max=1.0, noise_rows=None, max_rows=MAX_TARGETED_ROWS):
-    """Targeted-DLR APGD runs of the examples flagged `robust` towards each column of `targets` ([batch, count]),
-    all targets of an example in one batched call (`run_until_fooled`, rows grouped by example; ranks split into
-    groups of at most `max_rows` rows, each on the examples still robust). Column r starts from the draw of
-    ``stateless_fold_in(seed, r)`` over the whole batch. The verdicts are those of one run per target in turn, each
-    on the examples no earlier target fooled; an example's point is the first found.
+                clip_max=1.0, noise_rows=None, max_rows=MAX_TARGETED_ROWS, run=None):
+    """Targeted-DLR APGD runs of the examples flagged `robust` towards each column of `targets` ([batch, count]).
+    Column r starts from the draw of ``stateless_fold_in(seed, r)`` over the whole batch. The verdicts are those of
+    one run per target in turn, each on the examples no earlier target fooled; an example's point is the first found.
+
+    Eagerly, the targets run in that turn: each call (`run_until_fooled`) on the examples still robust, several
+    targets batched (rows grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL`
+    rows (`core.targets_per_call`). An example fooled by a target so never costs a pass towards a later one, and a call's
+    rows stay few; `run` (default `targeted_runner`'s, traced for any batch) runs every call. In a graph, the
+    targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
+
+    `run`: ``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``.
 
     Returns (adversarial, robust): the images with fooled examples replaced, and `robust` without them.
     """
@@ -369,13 +373,23 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     labels = core.as_class_ids(labels)
     seed = tf.convert_to_tensor(seed)
     count = targets.shape[-1]
+    eager = tf.executing_eagerly()
+    if run is None:
+        run = targeted_runner(model_fn, epsilon, steps, eot_draws, clip_min, clip_max)
+        if eager:
+            run = core.traced_for_any_batch(run)
     batch_rows = images.shape[0]
-    per_call = count if not batch_rows else max(1, min(count, max_rows // max(batch_rows, 1)))
-    run_args = dict(epsilon=epsilon, steps=steps, loss="dlr_targeted", eot_draws=eot_draws, clip_min=clip_min,
-                    clip_max=clip_max)
-    adversarial = images
-    for first in range(0, count, per_call):
+    adversarial, first = images, 0
+    while first < count:
+        if eager:
+            left = int(tf.math.count_nonzero(robust))
+            if left == 0:
+                break
+            per_call = core.targets_per_call(left, count - first)
+        else:
+            per_call = count if not batch_rows else max(1, min(count, max_rows // max(batch_rows, 1)))
         ranks = range(first, min(first + per_call, count))
+        first = ranks[-1] + 1
         starts = [uniform_start(images, core.fold_seed(seed, rank), epsilon, clip_min, clip_max, noise_rows)
                   for rank in ranks]
 
@@ -383,26 +397,38 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
             remaining = tf.where(robust)[:, 0]
             left = tf.shape(remaining)[0]
             rows = tf.tile(remaining, [len(ranks)])  # rank-major: row k * left + j is example j, rank ranks[k]
-            found, fooled = run_until_fooled(
-                model_fn, tf.gather(images, rows), tf.gather(labels, rows),
-                tf.concat([tf.gather(start, remaining) for start in starts], 0),
-                targets=tf.concat([tf.gather(targets[:, rank], remaining) for rank in ranks], 0),
-                groups=tf.tile(tf.range(left), [len(ranks)]), num_groups=left, **run_args)
+            found, fooled = run(tf.gather(images, rows), tf.gather(labels, rows),
+                                tf.concat([tf.gather(start, remaining) for start in starts], 0),
+                                tf.concat([tf.gather(targets[:, rank], remaining) for rank in ranks], 0),
+                                tf.tile(tf.range(left), [len(ranks)]), left)
             where = tf.boolean_mask(remaining, fooled)[:, None]
             return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, fooled)),
                     tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
 
-        # Models need not accept an empty batch.
-        adversarial, robust = tf.cond(tf.reduce_any(robust), attack, lambda: (adversarial, robust))
+        if eager:
+            adversarial, robust = attack()
+        else:
+            # Models need not accept an empty batch.
+            adversarial, robust = tf.cond(tf.reduce_any(robust), attack, lambda: (adversarial, robust))
     return adversarial, robust
+
+
+def targeted_runner(model_fn, epsilon, steps, eot_draws=1, clip_min=0.0, clip_max=1.0):
+    """``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``: `run_until_fooled` with the
+    targeted DLR loss and these settings, as `targeted_on` calls it."""
+    def run(images, labels, start, targets, groups, num_groups):
+        return run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="dlr_targeted", targets=targets,
+                                groups=groups, num_groups=num_groups, eot_draws=eot_draws, clip_min=clip_min,
+                                clip_max=clip_max)
+    return run
 
 
 def targeted(model_fn, images, labels, epsilon, steps, seed=(0, 0),
              target_classes=config_lib.AUTOATTACK_TARGET_CLASSES, eot_draws=1, clip_min=0.0, clip_max=1.0,
-             noise_rows=None, clean_logits=None):
+             noise_rows=None, clean_logits=None, run=None):
     """APGD-T as the reference: for the target of rank r = 1 .. min(target_classes, classes - 1) (the r-th highest
     non-true clean logit), one targeted-DLR run of the examples classified correctly, from the start drawn from
-    ``stateless_fold_in(seed, r - 1)``; the targets run batched (`targeted_on`), with the reference's verdicts.
+    ``stateless_fold_in(seed, r - 1)``, with the reference's verdicts (`targeted_on`, which `run` is handed to).
     Returns (adversarial, broken) as `untargeted`."""
     images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
     labels = core.as_class_ids(labels)
@@ -416,7 +442,7 @@ def targeted(model_fn, images, labels, epsilon, steps, seed=(0, 0),
     ranked = ranked_targets(clean_logits, labels)[:, :count]
     correct = ~core.predicted_wrong(clean_logits, labels)
     adversarial, robust = targeted_on(model_fn, images, labels, correct, ranked, epsilon, steps, seed, eot_draws,
-                                      clip_min, clip_max, noise_rows)
+                                      clip_min, clip_max, noise_rows, run=run)
     return adversarial, correct & ~robust
 
 

@@ -127,44 +127,51 @@ def _square_component(forward, config):
 
 @functools.lru_cache(maxsize=2)
 def _traced_components(model_fn, config):
-    """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T) of the schedules as traced functions, each `(x, y, s, z)` but
-    the forward pass, kept for the last two (model function, config): a caller that hands every batch of an
-    evaluation the same model function traces them once, not per batch."""
+    """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T, FAB-T) of the schedules, each `(x, y, s, z)` but the forward
+    pass, kept for the last two (model function, config): a caller that hands every batch of an evaluation the same
+    model function traces them once, not per batch. The targeted ones drive their targets in turn eagerly, through
+    one traced run each (`core.traced_for_any_batch`)."""
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
 
     def traced(function):
         return tf.function(function, reduce_retracing=True, autograph=False)
 
+    forward = traced(model_fn)
+    apgd_run = core.traced_for_any_batch(apgd.targeted_runner(model_fn, epsilon, steps, 1, low, high))
+    fab_run = core.traced_for_any_batch(fab.broken_runner(model_fn, steps, epsilon, low, high))
+    malt_ranked = core.traced_for_any_batch(lambda x, y, z: malt.ranked_targets(model_fn, x, y, z,
+                                                                                 config.malt_targets))
+
     def apgd_t(x, y, s, z):
         targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
-        return apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high, clean_logits=z)[0]
+        return apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high, clean_logits=z,
+                             run=apgd_run)[0]
 
     def malt_apgd_t(x, y, s, z):
-        ranked = malt.ranked_targets(model_fn, x, y, z, config.malt_targets)
         robust = tf.ones(tf.shape(y), tf.bool)
-        return apgd.targeted_on(model_fn, x, y, robust, ranked, epsilon, steps, s, 1, low, high)[0]
+        return apgd.targeted_on(model_fn, x, y, robust, malt_ranked(x, y, z), epsilon, steps, s, 1, low, high,
+                                run=apgd_run)[0]
 
-    return (traced(model_fn),
+    def fab_t(x, y, s, z):
+        targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
+        return fab.attack(forward, x, y, epsilon, steps, targets, low, high, clean_logits=z, run=fab_run)[0]
+
+    return (forward,
             traced(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
                                                       clean_logits=z)[0]),
-            traced(apgd_t), traced(malt_apgd_t))
+            apgd_t, malt_apgd_t, fab_t)
 
 
 def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """Standard AutoAttack, driven eagerly component by component; each component runs as one traced call on the
     examples still classified correctly, with the clean logits computed once. Component c draws its randomness from
     ``stateless_fold_in(seed, c)``."""
-    forward, apgd_ce, apgd_t, _ = _traced_components(model_fn, config)
-    epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
+    forward, apgd_ce, apgd_t, _, fab_t = _traced_components(model_fn, config)
+    epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
-    targets = min(fab.STANDARD_TARGET_CLASSES, clean_logits.shape[-1] - 1)
-    components = (
-        ("APGD-CE", apgd_ce),
-        ("APGD-T", apgd_t),
-        ("FAB-T", lambda x, y, s, z: fab.attack(forward, x, y, epsilon, steps, targets, low, high, clean_logits=z)[0]),
-        ("Square", _square_component(forward, config)),
-    )
+    components = (("APGD-CE", apgd_ce), ("APGD-T", apgd_t), ("FAB-T", fab_t),
+                  ("Square", _square_component(forward, config)))
     adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)
     return final_check(images, adversarial, fooled, epsilon, low, high)
 
@@ -173,7 +180,7 @@ def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, un
     """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
     best MALT-ranked classes of each example still classified correctly, all targets in one batched call, then
     Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
-    forward, apgd_ce, _, malt_apgd_t = _traced_components(model_fn, config)
+    forward, apgd_ce, _, malt_apgd_t, _ = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)

@@ -128,6 +128,33 @@ def iterate(step_fn, start, steps, unroll=False):
     return x
 
 
+# Eager drivers of targeted attacks run the targets in turn, but several at once while the examples left are fewer
+# than this many rows.
+MIN_ROWS_PER_CALL = 64
+
+
+def targets_per_call(examples_left, targets_left, min_rows=MIN_ROWS_PER_CALL):
+    """How many target ranks an eager driver runs in one call on `examples_left` examples: one, or enough for
+    `min_rows` rows (a pass over fewer rows is mostly fixed cost), at most `targets_left`."""
+    return max(1, min(targets_left, -(-min_rows // max(examples_left, 1))))
+
+
+def traced_for_any_batch(function):
+    """`function` as one traced function for every batch size: the first call fixes its input signature (each
+    tensor argument's shape with the first dimension left open, scalars as they are), so later calls on fewer or
+    more rows reuse the same graph. For eager drivers that call a traced loop many times on shrinking batches."""
+    traced = []
+
+    def call(*args):
+        args = [tf.convert_to_tensor(arg) for arg in args]
+        if not traced:
+            specs = [tf.TensorSpec([None] + arg.shape[1:] if arg.shape.rank else [], arg.dtype) for arg in args]
+            traced.append(tf.function(function, input_signature=specs, autograph=False))
+        return traced[0](*args)
+
+    return call
+
+
 def keep_rows(structure, keep, axes=None):
     """Rows `keep` (int [kept], ascending) of every tensor of the dict `structure` (along `axes[key]`, default 0);
     the tensors themselves, not copies, when every row is kept (most iterations of a loop that drops broken rows)."""

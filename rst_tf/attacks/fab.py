@@ -238,35 +238,51 @@ def accepted(model_fn, images, labels, candidates, epsilon):
     return fooled & (distance <= epsilon)
 
 
-def _attack_targets(model_fn, images, labels, targets, adversarial, robust, epsilon, steps, clip_min, clip_max):
-    """Every target (columns of `targets`) of the still-robust examples in one batched `run_until_broken`;
-    accepted points (a fresh forward pass) replace their images."""
-    remaining = tf.where(robust)[:, 0]
-    count = targets.shape[-1]
+def broken_runner(model_fn, steps, epsilon, clip_min=0.0, clip_max=1.0):
+    """``run(images, labels, targets, groups, num_groups) -> (found, within)``: `run_until_broken` with these
+    settings, as `attack` calls it."""
+    def run(images, labels, targets, groups, num_groups):
+        return run_until_broken(model_fn, images, labels, targets, steps, epsilon, groups, num_groups, clip_min,
+                                clip_max)
+    return run
 
-    def run():
+
+def _attack_targets(model_fn, images, labels, targets, ranks, adversarial, robust, epsilon, run):
+    """The target `ranks` (columns of `targets`) of the still-robust examples in one batched `run`; accepted points
+    (a fresh forward pass) replace their images. Eagerly, there must be a robust example."""
+    remaining = tf.where(robust)[:, 0]
+
+    def attack():
         left = tf.shape(remaining)[0]
-        rows = tf.tile(remaining, [count])  # rank-major: row k * left + j is example j towards target rank k
-        flat_targets = tf.concat([tf.gather(targets[:, rank], remaining) for rank in range(count)], 0)
-        found, _ = run_until_broken(model_fn, tf.gather(images, rows), tf.gather(labels, rows), flat_targets, steps,
-                                    epsilon, tf.tile(tf.range(left), [count]), left, clip_min, clip_max)
+        rows = tf.tile(remaining, [len(ranks)])  # rank-major: row k * left + j is example j towards ranks[k]
+        flat_targets = tf.concat([tf.gather(targets[:, rank], remaining) for rank in ranks], 0)
+        found, _ = run(tf.gather(images, rows), tf.gather(labels, rows), flat_targets,
+                       tf.tile(tf.range(left), [len(ranks)]), left)
         subset, subset_labels = tf.gather(images, remaining), tf.gather(labels, remaining)
         broken = accepted(model_fn, subset, subset_labels, found, epsilon)
         where = tf.boolean_mask(remaining, broken)[:, None]
         return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, broken)),
                 tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
 
+    if tf.executing_eagerly():
+        return attack()
     # Models need not accept an empty batch.
-    return tf.cond(tf.size(remaining) > 0, run, lambda: (adversarial, robust))
+    return tf.cond(tf.size(remaining) > 0, attack, lambda: (adversarial, robust))
 
 
 def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD_TARGET_CLASSES, clip_min=0.0,
-           clip_max=1.0, clean_logits=None):
+           clip_max=1.0, clean_logits=None, run=None):
     """FAB-T as in standard AutoAttack: for the k-th highest non-true clean logit, k = 1 ..
     ``min(target_classes, classes - 1)``, one `targeted_run` of the examples classified correctly; an example is
-    broken when a run's closest point is misclassified and within ``epsilon`` (L-inf). The targets run batched and
-    an example leaves once broken (`run_until_broken`): the verdicts of the reference, which runs the targets in
-    turn, each on the examples no earlier target broke. Runs eagerly and inside ``tf.function``.
+    broken when a run's closest point is misclassified and within ``epsilon`` (L-inf), and leaves once broken
+    (`run_until_broken`): the verdicts of the reference, which runs the targets in turn, each on the examples no
+    earlier target broke. Runs eagerly and inside ``tf.function``.
+
+    Eagerly, the targets run in that turn, each call on the examples still robust, several targets batched (rows
+    grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL` rows; `run` (default
+    `broken_runner`'s, traced for any batch) runs every call: pass one traced function to trace it once for many
+    calls. In a graph, all targets run batched in one call.
+
     `clean_logits`: the model's logits on `images`, if already computed.
 
     Returns:
@@ -282,14 +298,23 @@ def attack(model_fn, images, labels, epsilon, steps=100, target_classes=STANDARD
     count = min(target_classes, clean_logits.shape[-1] - 1)
     targets = ranked_targets(clean_logits, labels, count)
     clean_correct = ~core.predicted_wrong(clean_logits, labels)
-
-    def stage(adversarial, robust):
-        return _attack_targets(model_fn, images, labels, targets, adversarial, robust, epsilon, steps, clip_min,
-                               clip_max)
-
-    if tf.executing_eagerly():
-        stage = tf.function(stage, autograph=False)
-    adversarial, robust = stage(images, clean_correct)
+    if run is None:
+        run = broken_runner(model_fn, steps, epsilon, clip_min, clip_max)
+        if tf.executing_eagerly():
+            run = core.traced_for_any_batch(run)
+    if not tf.executing_eagerly():
+        adversarial, robust = _attack_targets(model_fn, images, labels, targets, range(count), images, clean_correct,
+                                              epsilon, run)
+        return adversarial, clean_correct & ~robust
+    adversarial, robust, first = images, clean_correct, 0
+    while first < count:
+        left = int(tf.math.count_nonzero(robust))
+        if left == 0:
+            break
+        ranks = range(first, first + core.targets_per_call(left, count - first))
+        first = ranks[-1] + 1
+        adversarial, robust = _attack_targets(model_fn, images, labels, targets, ranks, adversarial, robust, epsilon,
+                                              run)
     return adversarial, clean_correct & ~robust
 
 
