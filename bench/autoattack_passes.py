@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
 from bench.compare_autoattack import process_cpu_seconds  # noqa: E402
+from rst_tf.attacks import core  # noqa: E402
 from rst_tf.method import folding  # noqa: E402
 from rst_tf.training import run_dir as run_folder  # noqa: E402
 
@@ -36,8 +37,6 @@ STEPS = 100
 QUERIES = 5000
 TARGETS = 9
 REPEATS = 7
-# APGD-T and FAB-T run every target of the examples left in one batch of at most this many rows.
-MAX_ROWS = 2048
 
 
 def logits_of_run(run_dir):
@@ -77,13 +76,14 @@ def floor(logits_fn, left):
     """{component: least CPU seconds in model passes} for the examples `left` = (entering APGD-CE, APGD-T, FAB-T,
     Square, left at the end)."""
     apgd_ce, apgd_t, fab_t, square, end = left
+    # APGD-T and FAB-T run their targets in turn on the examples left, several per call while those are few.
+    rows_t, rows_f = (left * core.targets_per_call(left, TARGETS) for left in (apgd_t, fab_t))
     costs = {}
-    for rows in {apgd_ce, min(apgd_t * TARGETS, MAX_ROWS), min(fab_t * TARGETS, MAX_ROWS), square}:
+    for rows in {apgd_ce, rows_t, rows_f, square}:
         if rows > 0:
             costs[rows] = per_image_seconds(logits_fn, rows)
     forward_backward = lambda rows: costs[rows][1]  # noqa: E731
     forward = lambda rows: costs[rows][0]  # noqa: E731
-    rows_t, rows_f = min(apgd_t * TARGETS, MAX_ROWS), min(fab_t * TARGETS, MAX_ROWS)
     seconds = {
         "APGD-CE": apgd_t * (STEPS + 1) * forward_backward(apgd_ce) if apgd_ce else 0.0,
         "APGD-T": fab_t * TARGETS * (STEPS + 1) * forward_backward(rows_t) if apgd_t else 0.0,

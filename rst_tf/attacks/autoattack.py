@@ -178,7 +178,7 @@ def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=
 
 def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
-    best MALT-ranked classes of each example still classified correctly, all targets in one batched call, then
+    best MALT-ranked classes of each example still classified correctly, the targets in turn (`apgd.targeted_on`), then
     Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
     forward, apgd_ce, _, malt_apgd_t, _ = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
