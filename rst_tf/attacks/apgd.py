@@ -353,6 +353,8 @@ def ranked_targets(clean_logits, labels):
 
 # Rows (example x target) of one batched targeted call in a graph; more targets run in groups of ranks.
 MAX_TARGETED_ROWS = 2048
+
+
 def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=(0, 0), eot_draws=1, clip_min=0.0,
                 clip_max=1.0, noise_rows=None, max_rows=MAX_TARGETED_ROWS, run=None):
     """Targeted-DLR APGD runs of the examples flagged `robust` towards each column of `targets` ([batch, count]).
@@ -360,10 +362,10 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     one run per target in turn, each on the examples no earlier target fooled; an example's point is the first found.
 
     Eagerly, the targets run in that turn: each call (`run_until_fooled`) on the examples still robust, several
-    targets batched (rows grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL`
-    rows (`core.targets_per_call`). An example fooled by a target so never costs a pass towards a later one, and a call's
-    rows stay few; `run` (default `targeted_runner`'s, traced for any batch) runs every call. In a graph, the
-    targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
+    targets batched (rows grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL` rows
+    (`core.targets_per_call`). An example fooled by a target so never costs a pass towards a later one, and a
+    call's rows stay few; `run` (default `targeted_runner`'s, traced for any batch) runs every call. In a graph,
+    the targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
 
     `run`: ``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``.
 

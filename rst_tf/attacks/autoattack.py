@@ -163,9 +163,9 @@ def _traced_components(model_fn, config):
 
 
 def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
-    """Standard AutoAttack, driven eagerly component by component; each component runs as one traced call on the
-    examples still classified correctly, with the clean logits computed once. Component c draws its randomness from
-    ``stateless_fold_in(seed, c)``."""
+    """Standard AutoAttack, driven eagerly component by component on the examples still classified correctly, with
+    the clean logits computed once: APGD-CE and Square as one traced call each, APGD-T and FAB-T as traced calls
+    per target in turn (`_traced_components`). Component c draws its randomness from ``stateless_fold_in(seed, c)``."""
     forward, apgd_ce, apgd_t, _, fab_t = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
@@ -178,7 +178,7 @@ def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=
 
 def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
-    best MALT-ranked classes of each example still classified correctly, the targets in turn (`apgd.targeted_on`), then
+    best MALT-ranked classes of each example still classified correctly, in turn (`apgd.targeted_on`), then
     Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
     forward, apgd_ce, _, malt_apgd_t, _ = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
