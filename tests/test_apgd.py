@@ -198,12 +198,14 @@ def test_apgd_t_runs_targets_in_turn_on_the_examples_left_and_keeps_the_verdicts
 
 
 def test_targets_per_call_fills_a_call_only_when_few_examples_are_left():
+    assert attacks.core.MIN_ROWS_PER_CALL == 32
     assert attacks.core.targets_per_call(200, 9) == 1
-    assert attacks.core.targets_per_call(64, 9) == 1
-    assert attacks.core.targets_per_call(40, 9) == 2
-    assert attacks.core.targets_per_call(5, 9) == 9
+    assert attacks.core.targets_per_call(32, 9) == 1
+    assert attacks.core.targets_per_call(20, 9) == 2
+    assert attacks.core.targets_per_call(5, 9) == 7
     assert attacks.core.targets_per_call(5, 3) == 3
     assert attacks.core.targets_per_call(0, 4) == 4
+    assert attacks.core.targets_per_call(40, 9, min_rows=64) == 2
 
 
 def test_run_until_fooled_gives_run_s_verdicts_and_stops_fooled_rows(trained):

@@ -136,7 +136,7 @@ def _traced_components(model_fn, config):
     def traced(function):
         return tf.function(function, reduce_retracing=True, autograph=False)
 
-    forward = traced(model_fn)
+    forward = core.traced_for_any_batch(model_fn)
     apgd_run = core.traced_for_any_batch(apgd.targeted_runner(model_fn, epsilon, steps, 1, low, high))
     fab_run = core.traced_for_any_batch(fab.broken_runner(model_fn, steps, epsilon, low, high))
     malt_ranked = core.traced_for_any_batch(lambda x, y, z: malt.ranked_targets(model_fn, x, y, z,

@@ -130,7 +130,7 @@ def iterate(step_fn, start, steps, unroll=False):
 
 # Eager drivers of targeted attacks run the targets in turn, but several at once while the examples left are fewer
 # than this many rows.
-MIN_ROWS_PER_CALL = 64
+MIN_ROWS_PER_CALL = 32
 
 
 def targets_per_call(examples_left, targets_left, min_rows=MIN_ROWS_PER_CALL):
