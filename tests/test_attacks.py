@@ -373,11 +373,23 @@ def test_keep_rows_gathers_only_the_rows_kept(traced):
 
 
 @pytest.mark.parametrize("name", ["autoattack_fast", "autoattack"])
-def test_the_autoattack_schedules_trace_once_per_model_function_not_per_batch(trained, name):
+def test_the_autoattack_schedules_trace_once_per_model_function_not_per_batch(trained, name, monkeypatch):
     """Every batch of an evaluation gets the same model function (`MaskedAttacker.generate`): the schedules' traced
-    components are kept for it, so later batches trace nothing, and the results are those of a fresh function."""
+    components are kept for it, so later batches trace nothing (Square's search included), and the results are
+    those of a fresh function."""
     model, images, labels = trained
-    traces = []
+    traces, square_traces, square_batches = [], [], []
+    search = attacks.square._search
+
+    def counting_search(*args):
+        square_traces.append(1)  # runs when Square's search is traced
+        return search(*args)
+
+    monkeypatch.setattr(attacks.square, "_search", counting_search)
+
+    def progress(component, left):
+        if component == "Square" and left:
+            square_batches.append(left)
 
     def model_fn(x):
         traces.append(x.shape)  # runs when a traced function traces the model, and on eager calls
@@ -388,10 +400,12 @@ def test_the_autoattack_schedules_trace_once_per_model_function_not_per_batch(tr
     found = []
     for index in range(4):
         rows = slice(16 * index, 16 * index + 16)
-        found.append(attacks.generate(model_fn, images[rows], labels[rows], config, tf.constant([0, index])))
+        found.append(attacks.generate(model_fn, images[rows], labels[rows], config, tf.constant([0, index]),
+                                      progress=progress))
         if index == 1:
             after_two = len(traces)
     assert len(traces) == after_two  # the third and fourth batches trace nothing (the second relaxes shapes)
+    assert len(square_batches) >= 2 and len(square_traces) == 1
     fresh = attacks.generate(lambda x: model(x, training=False), images[48:64], labels[48:64], config,
                              tf.constant([0, 3]))
     np.testing.assert_array_equal(found[3].numpy(), fresh.numpy())

@@ -120,17 +120,12 @@ def _run_schedule(forward, images, labels, clean_logits, components, seed, progr
     return tf.constant(adversarial), fooled
 
 
-def _square_component(forward, config):
-    return lambda x, y, s, z: square.attack(forward, x, y, config.epsilon, config.max_queries, SQUARE_P_INIT, s,
-                                            config.clip_min, config.clip_max)[0]
-
-
 @functools.lru_cache(maxsize=2)
 def _traced_components(model_fn, config):
-    """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T, FAB-T) of the schedules, each `(x, y, s, z)` but the forward
-    pass, kept for the last two (model function, config): a caller that hands every batch of an evaluation the same
-    model function traces them once, not per batch. The targeted ones drive their targets in turn eagerly, through
-    one traced run each (`core.traced_for_any_batch`)."""
+    """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T, FAB-T, Square) of the schedules, each `(x, y, s, z)` but the
+    forward pass, kept for the last two (model function, config): a caller that hands every batch of an evaluation
+    the same model function traces them once, not per batch. The targeted ones drive their targets in turn eagerly,
+    through one traced run each (`core.traced_for_any_batch`)."""
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
 
     def traced(function):
@@ -141,6 +136,8 @@ def _traced_components(model_fn, config):
     fab_run = core.traced_for_any_batch(fab.broken_runner(model_fn, steps, epsilon, low, high))
     malt_ranked = core.traced_for_any_batch(lambda x, y, z: malt.ranked_targets(model_fn, x, y, z,
                                                                                  config.malt_targets))
+    square_run = (square.searcher(forward, epsilon, config.max_queries, SQUARE_P_INIT, low, high)
+                  if config.max_queries > 0 else None)
 
     def apgd_t(x, y, s, z):
         targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
@@ -159,19 +156,18 @@ def _traced_components(model_fn, config):
     return (forward,
             traced(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
                                                       clean_logits=z)[0]),
-            apgd_t, malt_apgd_t, fab_t)
+            apgd_t, malt_apgd_t, fab_t, lambda x, y, s, z: square_run(x, y, s)[0])
 
 
 def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):
     """Standard AutoAttack, driven eagerly component by component on the examples still classified correctly, with
     the clean logits computed once: APGD-CE and Square as one traced call each, APGD-T and FAB-T as traced calls
     per target in turn (`_traced_components`). Component c draws its randomness from ``stateless_fold_in(seed, c)``."""
-    forward, apgd_ce, apgd_t, _, fab_t = _traced_components(model_fn, config)
+    forward, apgd_ce, apgd_t, _, fab_t, square_t = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
-    components = (("APGD-CE", apgd_ce), ("APGD-T", apgd_t), ("FAB-T", fab_t),
-                  ("Square", _square_component(forward, config)))
+    components = (("APGD-CE", apgd_ce), ("APGD-T", apgd_t), ("FAB-T", fab_t), ("Square", square_t))
     adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)
     return final_check(images, adversarial, fooled, epsilon, low, high)
 
@@ -180,14 +176,14 @@ def _autoattack_fast(model_fn, images, labels, config, seed, noise_rows=None, un
     """``autoattack_fast``: APGD-CE, then targeted APGD (targeted DLR, as APGD-T) towards the ``malt_targets``
     best MALT-ranked classes of each example still classified correctly, in turn (`apgd.targeted_on`), then
     Square with ``max_queries`` queries (none if 0) on what survives. Same streams and checks as ``autoattack``."""
-    forward, apgd_ce, _, malt_apgd_t, _ = _traced_components(model_fn, config)
+    forward, apgd_ce, _, malt_apgd_t, _, square_t = _traced_components(model_fn, config)
     epsilon, low, high = config.epsilon, config.clip_min, config.clip_max
     clean_logits = tf.cast(forward(images), tf.float32)
     core.check_inputs(images, labels, clean_logits, epsilon, low, high)
     malt.check_count(config.malt_targets, clean_logits.shape[-1])
     components = [("APGD-CE", apgd_ce), ("APGD-T", malt_apgd_t)]
     if config.max_queries > 0:
-        components.append(("Square", _square_component(forward, config)))
+        components.append(("Square", square_t))
     adversarial, fooled = _run_schedule(forward, images, labels, clean_logits, components, seed, progress)
     return final_check(images, adversarial, fooled, epsilon, low, high)
 

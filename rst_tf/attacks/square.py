@@ -157,6 +157,21 @@ def search(model_fn, images, labels, epsilon, queries=QUERIES, p_init=P_INIT, se
     return _search(model_fn, images, labels, epsilon, queries, p_init, seed, clip_min, clip_max, noise_rows)
 
 
+def searcher(model_fn, epsilon, queries=QUERIES, p_init=P_INIT, clip_min=0.0, clip_max=1.0):
+    """``run(images, labels, seed) -> (adversarial, broken, queries_used)``: `search` with these settings, traced
+    once for any batch size (`core.traced_for_any_batch`), for a caller that searches many batches with one model
+    (`search` traces itself at every eager call)."""
+    traced = core.traced_for_any_batch(lambda images, labels, seed: _search(
+        model_fn, images, labels, epsilon, queries, p_init, seed, clip_min, clip_max, None))
+
+    def run(images, labels, seed):
+        images = tf.convert_to_tensor(images, dtype_hint=tf.float32)
+        _check_arguments(images, epsilon, queries, p_init)
+        return traced(images, core.as_class_ids(labels), tf.cast(core.as_seed(tf.convert_to_tensor(seed)), tf.int64))
+
+    return run
+
+
 def attack(model_fn, images, labels, epsilon, queries=QUERIES, p_init=P_INIT, seed=(0, 0), clip_min=0.0,
            clip_max=1.0, noise_rows=None):
     """Square Attack L-inf on the examples classified correctly, as AutoAttack's `square.py` runs it.
