@@ -128,9 +128,6 @@ def _traced_components(model_fn, config):
     through one traced run each (`core.traced_for_any_batch`)."""
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
 
-    def traced(function):
-        return tf.function(function, reduce_retracing=True, autograph=False)
-
     forward = core.traced_for_any_batch(model_fn)
     apgd_run = core.traced_for_any_batch(apgd.targeted_runner(model_fn, epsilon, steps, 1, low, high))
     fab_run = core.traced_for_any_batch(fab.broken_runner(model_fn, steps, epsilon, low, high))
@@ -154,8 +151,8 @@ def _traced_components(model_fn, config):
         return fab.attack(forward, x, y, epsilon, steps, targets, low, high, clean_logits=z, run=fab_run)[0]
 
     return (forward,
-            traced(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high,
-                                                      clean_logits=z)[0]),
+            core.traced_for_any_batch(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1,
+                                                                         low, high, clean_logits=z)[0]),
             apgd_t, malt_apgd_t, fab_t, lambda x, y, s, z: square_run(x, y, s)[0])
 
 
