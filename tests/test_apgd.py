@@ -171,7 +171,7 @@ def test_apgd_t_runs_targets_in_turn_on_the_examples_left_and_keeps_the_verdicts
     images, labels = tf.constant(images[:32]), labels[:32]
     logits_fn = _logits_fn(model)
     calls = []
-    inner = apgd.targeted_runner(logits_fn, EPSILON, 4)
+    inner = apgd.runner(logits_fn, EPSILON, 4, "dlr_targeted")
 
     def run(images, labels, start, targets, groups, num_groups):
         calls.append((int(images.shape[0]), int(num_groups)))
@@ -195,6 +195,31 @@ def test_apgd_t_runs_targets_in_turn_on_the_examples_left_and_keeps_the_verdicts
                          autograph=False)
     graph = traced(images, labels, tf.constant(SEED, tf.int64)).numpy()
     assert abs(_accuracy(logits_fn, graph, labels) - (1 - broken.numpy().mean())) <= 2 / len(images)
+
+
+def test_the_switched_run_is_the_ce_run_or_the_targeted_run_from_one_trace(trained):
+    """`switched_runner`, traced once for any batch, gives the CE run's and the targeted DLR run's results."""
+    model, images, labels = trained
+    images, labels = tf.constant(images[:24]), tf.constant(labels[:24])
+    logits_fn = _logits_fn(model)
+    start = apgd.uniform_start(images, tf.constant(SEED), EPSILON)
+    targets = apgd.ranked_targets(logits_fn(images), labels)[:, 0]
+    groups, rows = tf.range(24), tf.constant(24)
+    inner, traces = apgd.switched_runner(logits_fn, EPSILON, STEPS), []
+
+    def counting(*args):
+        traces.append(1)  # runs when traced
+        return inner(*args)
+
+    switched = attacks.core.traced_for_any_batch(counting)
+    for loss, targeted in (("ce", False), ("dlr_targeted", True), ("ce", False)):
+        expected = apgd.runner(logits_fn, EPSILON, STEPS, loss)(images, labels, start, targets, groups, rows)
+        found = switched(images, labels, start, targets, groups, rows, targeted)
+        np.testing.assert_array_equal(found[1].numpy(), expected[1].numpy())
+        np.testing.assert_allclose(found[0].numpy(), expected[0].numpy(), rtol=0, atol=1e-6)
+    assert 3 <= expected[1].numpy().sum() < 24
+    found = switched(images[:10], labels[:10], start[:10], targets[:10], groups[:10], tf.constant(10), True)
+    assert found[1].shape == [10] and len(traces) == 1
 
 
 def test_targets_per_call_fills_a_call_only_when_few_examples_are_left():

@@ -147,8 +147,8 @@ def oscillating(history, iteration, window):
 
 
 def _check_arguments(steps, eot_draws, epsilon, loss):
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES} or a callable, got {loss!r}")
     for name, value in (("steps", steps), ("eot_draws", eot_draws)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -177,19 +177,18 @@ def _window(steps):
 
 def _iteration(i, s, lower, upper, labels, evaluate, window):
     """One APGD iteration of every row of state `s`; `evaluate(x)` gives (loss, input gradient, logits)."""
-    rows = lambda flags: core.expand_rows(flags, s["x"])  # noqa: E731
     dtype = s["x"].dtype
     momentum = tf.where(i > 0, tf.constant(MOMENTUM, dtype), tf.constant(1.0, dtype))
     x = s["x"]
-    z = tf.clip_by_value(x + rows(s["step_size"]) * tf.sign(s["gradient"]), lower, upper)
+    z = tf.clip_by_value(x + core.expand_rows(s["step_size"], x) * tf.sign(s["gradient"]), lower, upper)
     x_new = tf.clip_by_value(x + (z - x) * momentum + (x - s["x_previous"]) * (1 - momentum), lower, upper)
     loss, gradient, logits = evaluate(x_new)
     wrong = core.predicted_wrong(logits, labels)
-    adversarial = tf.where(rows(wrong), x_new, s["adversarial"])
+    adversarial = core.select(wrong, x_new, s["adversarial"])
     history = tf.tensor_scatter_nd_update(s["history"], [[i]], loss[None])
     improved = loss > s["best_loss"]
-    best = tf.where(rows(improved), x_new, s["best"])
-    gradient_best = tf.where(rows(improved), gradient, s["gradient_best"])
+    best = core.select(improved, x_new, s["best"])
+    gradient_best = core.select(improved, gradient, s["gradient_best"])
     best_loss = tf.where(improved, loss, s["best_loss"])
 
     size = window[i]
@@ -197,8 +196,8 @@ def _iteration(i, s, lower, upper, labels, evaluate, window):
     no_improvement = ~s["reduced_at_check"] & (s["best_loss_at_check"] >= best_loss)
     reduce = checkpoint & (oscillating(history, i, size) | no_improvement)
     return dict(
-        x=tf.where(rows(reduce), best, x_new), x_previous=x,
-        gradient=tf.where(rows(reduce), gradient_best, gradient),
+        x=core.select(reduce, best, x_new), x_previous=x,
+        gradient=core.select(reduce, gradient_best, gradient),
         best=best, gradient_best=gradient_best, best_loss=best_loss,
         adversarial=adversarial, fooled=s["fooled"] | wrong,
         step_size=tf.where(reduce, s["step_size"] / 2, s["step_size"]),
@@ -212,12 +211,13 @@ def run(model_fn, images, labels, start, epsilon, steps, loss="ce", targets=None
         clip_max=1.0):
     """One APGD run of `steps` iterations from `start` (in the epsilon-ball around `images`).
 
-    `targets` (class ids [batch]) is needed by ``loss="dlr_targeted"`` only. Returns a dict: ``adversarial`` (the
+    `loss`: one of `LOSSES`, or a callable ``(logits, labels, targets) -> per-example loss``. `targets` (class ids
+    [batch]) is needed by ``loss="dlr_targeted"`` only. Returns a dict: ``adversarial`` (the
     last misclassified iterate, or `start` if none), ``fooled`` (some iterate, the start included, was
     misclassified), ``best`` and ``best_loss`` (the iterate of highest loss) and the final ``step_size``.
     """
     _check_arguments(steps, eot_draws, epsilon, loss)
-    loss_fn = _LOSS_FNS[loss]
+    loss_fn = loss if callable(loss) else _LOSS_FNS[loss]
     images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
     labels = core.as_class_ids(labels)
     targets = labels if targets is None else tf.cast(targets, labels.dtype)
@@ -239,13 +239,14 @@ def run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="ce",
     """`run` for verdicts: every row follows `run`'s rules step for step, but leaves the batch as soon as it, or
     another row of its group, is misclassified (an example once fooled stays fooled, so its verdict cannot change).
 
+    `loss`: one of `LOSSES`, or a callable ``(logits, labels, targets) -> per-example loss``.
     `groups` (int [rows], values in [0, num_groups)): rows of one example, e.g. the same image towards several
     targets; default: every row its own group. Returns (found, fooled) per group: ``fooled`` [num_groups] (some
     iterate of some row of the group, the start included, was misclassified) and ``found`` [num_groups, ...]: the
     first misclassified iterate (of the lowest such row), or the group's first row image if none.
     """
     _check_arguments(steps, eot_draws, epsilon, loss)
-    loss_fn = _LOSS_FNS[loss]
+    loss_fn = loss if callable(loss) else _LOSS_FNS[loss]
     images = tf.stop_gradient(tf.convert_to_tensor(images, dtype_hint=tf.float32))
     labels = core.as_class_ids(labels)
     targets = labels if targets is None else tf.cast(targets, labels.dtype)
@@ -299,30 +300,31 @@ def run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="ce",
     return tf.stop_gradient(found), fooled
 
 
-def _run_on(robust, adversarial, images, labels, start, targets, run_args):
-    """`run_until_fooled` on the examples flagged `robust`; those it fools get its adversarial example and leave
-    `robust`."""
+def _run_on(robust, images, labels, start, run):
+    """`run` (as `targeted_on` takes it, targets: the labels) on the examples flagged `robust`, each its own group;
+    those it fools get its adversarial example and leave `robust`. Returns (adversarial, robust)."""
     remaining = tf.where(robust)[:, 0]
 
     def attack():
-        found, fooled = run_until_fooled(
-            run_args["model_fn"], tf.gather(images, remaining), tf.gather(labels, remaining),
-            tf.gather(start, remaining), targets=None if targets is None else tf.gather(targets, remaining),
-            **{key: value for key, value in run_args.items() if key != "model_fn"})
+        left = tf.shape(remaining)[0]
+        subset_labels = tf.gather(labels, remaining)
+        found, fooled = run(tf.gather(images, remaining), subset_labels, tf.gather(start, remaining), subset_labels,
+                            tf.range(left), left)
         where = tf.boolean_mask(remaining, fooled)[:, None]
-        return (tf.tensor_scatter_nd_update(adversarial, where, tf.boolean_mask(found, fooled)),
+        return (tf.tensor_scatter_nd_update(images, where, tf.boolean_mask(found, fooled)),
                 tf.tensor_scatter_nd_update(robust, where, tf.zeros(tf.shape(where)[:1], tf.bool)))
 
     # Models need not accept an empty batch.
-    return tf.cond(tf.size(remaining) > 0, attack, lambda: (adversarial, robust))
+    return tf.cond(tf.size(remaining) > 0, attack, lambda: (images, robust))
 
 
 def untargeted(model_fn, images, labels, epsilon, steps, loss="ce", seed=(0, 0), eot_draws=1, clip_min=0.0,
-               clip_max=1.0, noise_rows=None, start=None, clean_logits=None):
+               clip_max=1.0, noise_rows=None, start=None, clean_logits=None, run=None):
     """APGD-CE (`loss="ce"`) or APGD-DLR (`loss="dlr"`) as the reference's ``perturb``: one run on the examples the
     model classifies correctly, from `start` if given, else from `uniform_start(images, seed, ...)`. An example
     leaves the run once fooled (`run_until_fooled`). `clean_logits`: the model's (mean) logits on `images`, if
-    already computed.
+    already computed. `run`: the run, as `targeted_on` takes it (default `runner`'s with `loss`), e.g. the CE side
+    of a traced `switched_runner`.
 
     Returns:
       (adversarial, broken): the fooled examples replaced by their adversarial example (the others keep the clean
@@ -338,9 +340,8 @@ def untargeted(model_fn, images, labels, epsilon, steps, loss="ce", seed=(0, 0),
     correct = ~core.predicted_wrong(clean_logits, labels)
     if start is None:
         start = uniform_start(images, tf.convert_to_tensor(seed), epsilon, clip_min, clip_max, noise_rows)
-    run_args = dict(model_fn=model_fn, epsilon=epsilon, steps=steps, loss=loss, eot_draws=eot_draws,
-                    clip_min=clip_min, clip_max=clip_max)
-    adversarial, robust = _run_on(correct, images, images, labels, start, None, run_args)
+    run = run or runner(model_fn, epsilon, steps, loss, eot_draws, clip_min, clip_max)
+    adversarial, robust = _run_on(correct, images, labels, tf.cast(start, images.dtype), run)
     return adversarial, correct & ~robust
 
 
@@ -364,7 +365,7 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     Eagerly, the targets run in that turn: each call (`run_until_fooled`) on the examples still robust, several
     targets batched (rows grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL` rows
     (`core.targets_per_call`). An example fooled by a target so never costs a pass towards a later one, and a
-    call's rows stay few; `run` (default `targeted_runner`'s, traced for any batch) runs every call. In a graph,
+    call's rows stay few; `run` (default `runner`'s with the targeted DLR loss, traced for any batch) runs every call. In a graph,
     the targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
 
     `run`: ``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``.
@@ -377,7 +378,7 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     count = targets.shape[-1]
     eager = tf.executing_eagerly()
     if run is None:
-        run = targeted_runner(model_fn, epsilon, steps, eot_draws, clip_min, clip_max)
+        run = runner(model_fn, epsilon, steps, "dlr_targeted", eot_draws, clip_min, clip_max)
         if eager:
             run = core.traced_for_any_batch(run)
     batch_rows = images.shape[0]
@@ -415,13 +416,27 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     return adversarial, robust
 
 
-def targeted_runner(model_fn, epsilon, steps, eot_draws=1, clip_min=0.0, clip_max=1.0):
-    """``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``: `run_until_fooled` with the
-    targeted DLR loss and these settings, as `targeted_on` calls it."""
+def runner(model_fn, epsilon, steps, loss="dlr_targeted", eot_draws=1, clip_min=0.0, clip_max=1.0):
+    """``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``: `run_until_fooled` with
+    these settings, as `untargeted` and `targeted_on` call it."""
     def run(images, labels, start, targets, groups, num_groups):
-        return run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss="dlr_targeted", targets=targets,
+        return run_until_fooled(model_fn, images, labels, start, epsilon, steps, loss=loss, targets=targets,
                                 groups=groups, num_groups=num_groups, eot_draws=eot_draws, clip_min=clip_min,
                                 clip_max=clip_max)
+    return run
+
+
+def switched_runner(model_fn, epsilon, steps, eot_draws=1, clip_min=0.0, clip_max=1.0):
+    """``run(images, labels, start, targets, groups, num_groups, targeted)``: `runner`'s run with the loss chosen
+    when it runs: targeted DLR where the scalar bool `targeted` is true, CE elsewhere. Traced once
+    (`core.traced_for_any_batch`), one graph serves APGD-CE (``targeted=False``) and APGD-T (``targeted=True``)."""
+    def run(images, labels, start, targets, groups, num_groups, targeted):
+        def loss(logits, labels, targets):
+            # Both losses are finite with finite gradients, so the one not chosen adds zeros to the gradient.
+            return tf.where(targeted, targeted_dlr_loss(logits, labels, targets),
+                            core.cross_entropy_loss(logits, labels))
+        return runner(model_fn, epsilon, steps, loss, eot_draws, clip_min, clip_max)(
+            images, labels, start, targets, groups, num_groups)
     return run
 
 

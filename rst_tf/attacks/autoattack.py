@@ -88,7 +88,7 @@ def final_check(images, adversarial, fooled, epsilon, clip_min, clip_max):
     distance = tf.reduce_max(tf.abs(adversarial - images), axis=axes)
     valid = (tf.reduce_all(tf.math.is_finite(adversarial), axis=axes) & (distance <= epsilon + EPSILON_SLACK)
              & tf.reduce_all(adversarial >= clip_min, axis=axes) & tf.reduce_all(adversarial <= clip_max, axis=axes))
-    return tf.where(core.expand_rows(fooled & valid, images), adversarial, images)
+    return core.select(fooled & valid, adversarial, images)
 
 
 # The random stream of each component (`core.fold_seed(seed, stream)`), the same in every schedule.
@@ -124,36 +124,45 @@ def _run_schedule(forward, images, labels, clean_logits, components, seed, progr
 def _traced_components(model_fn, config):
     """(forward, APGD-CE, APGD-T, MALT-ranked APGD-T, FAB-T, Square) of the schedules, each `(x, y, s, z)` but the
     forward pass, kept for the last two (model function, config): a caller that hands every batch of an evaluation
-    the same model function traces them once, not per batch. The targeted ones drive their targets in turn eagerly,
-    through one traced run each (`core.traced_for_any_batch`)."""
+    the same model function traces them once, not per batch. APGD-CE and the targeted APGDs share one traced run
+    (`apgd.switched_runner`); the targeted ones drive their targets in turn eagerly (`core.traced_for_any_batch`)."""
     epsilon, steps, low, high = config.epsilon, config.steps, config.clip_min, config.clip_max
 
     forward = core.traced_for_any_batch(model_fn)
-    apgd_run = core.traced_for_any_batch(apgd.targeted_runner(model_fn, epsilon, steps, 1, low, high))
+    apgd_switched = core.traced_for_any_batch(apgd.switched_runner(model_fn, epsilon, steps, 1, low, high))
     fab_run = core.traced_for_any_batch(fab.broken_runner(model_fn, steps, epsilon, low, high))
     malt_ranked = core.traced_for_any_batch(lambda x, y, z: malt.ranked_targets(model_fn, x, y, z,
                                                                                  config.malt_targets))
     square_run = (square.searcher(forward, epsilon, config.max_queries, SQUARE_P_INIT, low, high)
                   if config.max_queries > 0 else None)
 
+    def apgd_run(targeted):
+        """The APGD run with the CE or the targeted DLR loss, as `apgd.untargeted` and `apgd.targeted_on` call it:
+        one traced graph for both, so its signature (dtypes included) is the same for both."""
+        def run(images, labels, start, targets, groups, num_groups):
+            return apgd_switched(images, labels, start, tf.cast(targets, labels.dtype), tf.cast(groups, tf.int32),
+                                 tf.cast(num_groups, tf.int32), targeted)
+        return run
+
+    def apgd_ce(x, y, s, z):
+        return apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1, low, high, clean_logits=z,
+                               run=apgd_run(False))[0]
+
     def apgd_t(x, y, s, z):
         targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
         return apgd.targeted(model_fn, x, y, epsilon, steps, s, targets, 1, low, high, clean_logits=z,
-                             run=apgd_run)[0]
+                             run=apgd_run(True))[0]
 
     def malt_apgd_t(x, y, s, z):
         robust = tf.ones(tf.shape(y), tf.bool)
         return apgd.targeted_on(model_fn, x, y, robust, malt_ranked(x, y, z), epsilon, steps, s, 1, low, high,
-                                run=apgd_run)[0]
+                                run=apgd_run(True))[0]
 
     def fab_t(x, y, s, z):
         targets = min(fab.STANDARD_TARGET_CLASSES, z.shape[-1] - 1)
         return fab.attack(forward, x, y, epsilon, steps, targets, low, high, clean_logits=z, run=fab_run)[0]
 
-    return (forward,
-            core.traced_for_any_batch(lambda x, y, s, z: apgd.untargeted(model_fn, x, y, epsilon, steps, "ce", s, 1,
-                                                                         low, high, clean_logits=z)[0]),
-            apgd_t, malt_apgd_t, fab_t, lambda x, y, s, z: square_run(x, y, s)[0])
+    return forward, apgd_ce, apgd_t, malt_apgd_t, fab_t, lambda x, y, s, z: square_run(x, y, s)[0]
 
 
 def _autoattack(model_fn, images, labels, config, seed, noise_rows=None, unroll=False, progress=None):

@@ -86,9 +86,8 @@ def bandits(model_fn, images, labels, config, seed, noise_rows=None, unroll=Fals
         step_direction = tf.sign(_tile_upsample(new_prior, tile, height, width))
         new_adv = adv + tf.cast(config.image_lr * step_direction, dtype)
         new_adv = core.project(images, new_adv, config.epsilon, np.inf, config.clip_min, config.clip_max)
-        keep = tf.reshape(active, expand)
-        adv = tf.where(keep, new_adv, adv)
-        prior = tf.where(keep, new_prior, prior)
+        adv = core.select(active, new_adv, adv)
+        prior = core.select(active, new_prior, prior)
         queries = queries + 2 * tf.cast(active, tf.int32)
         return step + 1, tf.stop_gradient(adv), prior, queries, active_mask(adv, queries)
 

@@ -59,11 +59,11 @@ def project_linf(points, normals, offsets, clip_min=0.0, clip_max=1.0):
 def _project_linf(points, normals, residual, clip_min, clip_max):
     """`project_linf` given each row's ``residual = normals . points - offsets``."""
     # +1: normals . z must rise, -1: it must fall.
-    towards = tf.where(residual >= 0, -tf.ones_like(residual), tf.ones_like(residual))
+    towards = core.select(residual >= 0, -tf.ones_like(residual), tf.ones_like(residual))
     # A coordinate rises where its normal's sign agrees with `towards`. Coordinates of zero normal carry no weight,
     # so their room does not count, and their step is zero (the sign of their normal).
     rising = tf.equal(normals > 0, (towards > 0)[:, None])
-    room = tf.where(rising, clip_max - points, points - clip_min)
+    room = core.select(rising, clip_max - points, points - clip_min)
     needed = tf.abs(residual)
     weight = tf.abs(normals)
     budget, settled = _newton_budget(room, weight, needed)
@@ -87,8 +87,8 @@ def _newton_budget(room, weight, needed):
 
     def body(step, budget, settled):
         saturated = room <= budget[:, None]
-        filled = tf.reduce_sum(tf.where(saturated, full, zeros), axis=-1)
-        active = tf.reduce_sum(tf.where(saturated, zeros, weight), axis=-1)
+        filled = tf.reduce_sum(core.select(saturated, full, zeros), axis=-1)
+        active = tf.reduce_sum(core.select(saturated, zeros, weight), axis=-1)
         new_budget = tf.maximum((needed - filled) / tf.maximum(active, tiny), budget)
         new_budget = tf.where(reachable, new_budget, tf.zeros_like(new_budget))
         return step + 1, new_budget, new_budget == budget
@@ -159,9 +159,9 @@ def _step(model_fn, x, clean, labels, targets, image_shape, closest, distance, c
     fooled = core.predicted_wrong(model_fn(tf.reshape(moved, tf.concat([[rows], image_shape], 0))), labels)
     moved_distance = tf.reduce_max(tf.abs(moved - clean), axis=-1)
     closer = fooled & (moved_distance < distance)
-    closest = tf.where(closer[:, None], moved, closest)
+    closest = core.select(closer, moved, closest)
     distance = tf.where(closer, moved_distance, distance)
-    x = tf.where(fooled[:, None], clean + (moved - clean) * BACKWARD_STEP, moved)
+    x = core.select(fooled, clean + (moved - clean) * BACKWARD_STEP, moved)
     return x, closest, distance, moved, fooled, moved_distance
 
 

@@ -29,7 +29,7 @@ def _step(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn, act
     correctly at ``x`` move."""
     moved, logits = _ascent(model_fn, images, x, labels, step, epsilon, norm, config, loss_fn)
     if config.early_stop:
-        moved = tf.where(core.expand_rows(~core.predicted_wrong(logits, labels), images), moved, x)
+        moved = core.select(~core.predicted_wrong(logits, labels), moved, x)
     return moved
 
 
@@ -74,7 +74,7 @@ def _with_restarts(model_fn, images, labels, config, seed, norm, loss_fn, noise_
         loss, logits = core.per_example_loss(model_fn, adv, labels, loss_fn)
         wrong = core.predicted_wrong(logits, labels)
         better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
-        best = tf.where(core.expand_rows(better, images), adv, best)
+        best = core.select(better, adv, best)
         return restart + 1, tf.stop_gradient(best), best_wrong | wrong, tf.where(better, loss, best_loss)
 
     _, best, _, _ = tf.while_loop(

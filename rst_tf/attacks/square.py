@@ -134,7 +134,7 @@ def _search(model_fn, images, labels, epsilon, queries, p_init, seed, clip_min, 
         lambda iteration, best, margin, *_: (iteration < queries) & tf.reduce_any(margin > 0), body,
         (tf.constant(0), start, margin, wrong, used), maximum_iterations=queries)
     # As in the reference, an example not broken keeps its clean image.
-    adversarial = tf.where(core.expand_rows(wrong, images), best, images)
+    adversarial = core.select(wrong, best, images)
     return tf.stop_gradient(adversarial), clean_wrong | wrong, used
 
 
