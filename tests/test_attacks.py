@@ -359,6 +359,21 @@ def test_bad_seed_is_rejected(trained):
         attacks.generate(_logits_fn(model), images, labels, config, tf.constant([1.0, 2.0]))
 
 
+def test_select_picks_whole_rows_or_elements_as_tf_where_does_and_passes_gradients_to_the_picked():
+    when_true = tf.random.stateless_uniform([3, 4, 4, 2], (0, 1))
+    when_false = tf.random.stateless_uniform([3, 4, 4, 2], (0, 2))
+    rows = tf.constant([True, False, True])
+    np.testing.assert_array_equal(core.select(rows, when_true, when_false),
+                                  tf.where(rows[:, None, None, None], when_true, when_false))
+    elements = when_true > when_false
+    np.testing.assert_array_equal(core.select(elements, when_true, when_false),
+                                  tf.where(elements, when_true, when_false))
+    with tf.GradientTape() as tape:
+        tape.watch(when_true)
+        total = tf.reduce_sum(core.select(rows, when_true, when_false))
+    np.testing.assert_array_equal(tf.reduce_sum(tape.gradient(total, when_true), [1, 2, 3]), [32.0, 0.0, 32.0])
+
+
 @pytest.mark.parametrize("traced", [False, True])
 def test_keep_rows_gathers_only_the_rows_kept(traced):
     structure = {"x": tf.reshape(tf.range(12.0), [4, 3]), "history": tf.reshape(tf.range(8), [2, 4])}
