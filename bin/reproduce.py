@@ -68,6 +68,10 @@ flags.DEFINE_integer("r2s_test_examples", 0, "Scaling study: R2S on the first th
 flags.DEFINE_integer("reference_autoattack_examples", 0, "Scaling study: the standard AutoAttack (the check of the "
                      "fast one at the widest width's first seed) on the first this many test images (0: all).",
                      lower_bound=0)
+flags.DEFINE_string("records_dir", "", "Scaling study: keep each wholly measured (width, seed)'s results here "
+                    "(one JSON file each), and read back those recorded with the same settings instead of training "
+                    "and measuring them again: the study continues on another machine without its runs. Empty: no "
+                    "records.")
 flags.DEFINE_enum("stop_after", "report", ["train", "evaluate", "report"], "Scaling study: stop after training "
                   "the runs, after evaluating them, or run the whole study.")
 flags.DEFINE_enum("pgd_protocol", "standard", ["standard", "paper"], "PGD of the robust accuracies: standard (step "
@@ -135,6 +139,8 @@ def _scaling(config):
         except ValueError as error:
             common.fail(f"--seeds: {error}")
         planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
+        if FLAGS.records_dir and os.path.exists(FLAGS.records_dir) and not os.path.isdir(FLAGS.records_dir):
+            common.fail(f"--records_dir {FLAGS.records_dir} is not a folder")
         if FLAGS.dry_run:
             for width, seed, step in scaling.running_order(planned):
                 ratios_text = ",".join(f"{r:g}" for r in step.remaining_ratios) or "-"
@@ -150,7 +156,8 @@ def _scaling(config):
                               command=command, batch_size=FLAGS.eval_batch_size, progress=FLAGS.progress,
                               stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags(),
                               r2s_test_examples=FLAGS.r2s_test_examples or None,
-                              reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
+                              reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
+                              records_dir=FLAGS.records_dir)
         common.write_flags(FLAGS.output_dir)
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")
@@ -174,6 +181,7 @@ def _print_cost(scaling, planned, config, ratios):
                              len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
                              reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
                              epsilon=float(FLAGS.eval_epsilons[0]))
+    recorded = _recorded_units(scaling, planned) if FLAGS.records_dir else []
     widths = ", ".join(f"{w}: {m:.0f}" for w, m in found["per_width"].items())
     parts = ", ".join(f"{part} {minutes:.0f}" for part, minutes in found["parts"].items())
     print(f"cost model ({FLAGS.cost_model}): training {found['train_cpu_minutes']:.0f} + evaluation "
@@ -181,6 +189,25 @@ def _print_cost(scaling, planned, config, ratios):
           f"{found['budget_cpu_minutes']:.0f}); by part: {parts}; by width: {widths}")
     if found["total_cpu_minutes"] > found["budget_cpu_minutes"]:
         print(f"over the budget by {found['total_cpu_minutes'] - found['budget_cpu_minutes']:.0f} CPU minutes")
+    if recorded:
+        left = {unit: steps for unit, steps in planned.items() if unit not in recorded}
+        minutes = scaling.estimate(cost, left, config.train_examples, config.epochs, FLAGS.study_test_examples,
+                                   len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
+                                   reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
+                                   epsilon=float(FLAGS.eval_epsilons[0]),
+                                   reference_unit=scaling.reference_unit_of(planned))["total_cpu_minutes"] if left else 0
+        print(f"recorded in {FLAGS.records_dir}: " + ", ".join(f"width {w:g} seed {s}" for w, s in recorded)
+              + f"; left: {len(left)} of {len(planned)} (width, seed)s, {minutes:.0f} CPU minutes")
+
+
+def _recorded_units(scaling, planned):
+    """The (width, seed)s of the plan that --records_dir holds with the study's settings."""
+    from rst_tf.study import scaling_records
+
+    return [unit for unit in scaling.unit_order(planned) if scaling_records.load(
+        FLAGS.records_dir, unit, scaling.unit_settings(
+            planned, unit, FLAGS.output_dir, FLAGS.study_test_examples, float(FLAGS.eval_epsilons[0]),
+            FLAGS.r2s_test_examples or None, FLAGS.reference_autoattack_examples or None))]
 
 
 if __name__ == "__main__":

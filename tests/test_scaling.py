@@ -1,5 +1,5 @@
 """The scaling study: its plan and running order, bad input, the cost model, the claims (per width and the trend
-across widths) from per-example results, and evaluation + report on stand-in runs."""
+across widths) from per-example results, the report, and evaluation and records of stand-in runs."""
 import dataclasses
 import json
 import os
@@ -18,11 +18,13 @@ WIDTHS = (0.0625, 0.125, 0.25)
 RATIOS = (0.05, 0.1, 0.2)
 
 
-def test_plan_runs_dense_at_at_every_width_first_then_the_rst_sweeps_seed_by_seed(tmp_path):
+def test_plan_runs_width_by_width_from_the_narrowest_each_seed_dense_at_then_its_rst_sweep(tmp_path):
     planned = scaling.plan(SearchConfig(epochs=1), WIDTHS, RATIOS, str(tmp_path), (0, 1, 2))
+    assert scaling.unit_order(planned) == [(w, s) for w in WIDTHS for s in (0, 1, 2)]
     order = [(width, seed, step.name) for width, seed, step in scaling.running_order(planned)]
-    assert order[:6] == [(w, 0, "dense_at") for w in WIDTHS] + [(w, 0, "rst") for w in WIDTHS]
-    assert [seed for _, seed, _ in order] == [0] * 6 + [1] * 6 + [2] * 6
+    assert order[:4] == [(WIDTHS[0], 0, "dense_at"), (WIDTHS[0], 0, "rst"), (WIDTHS[0], 1, "dense_at"),
+                         (WIDTHS[0], 1, "rst")]
+    assert [width for width, _, _ in order] == [w for w in WIDTHS for _ in range(6)]
     dense, rst = planned[0.125, 2]
     assert dense.output_dir == str(tmp_path / "width_0.125" / "seed_2" / "dense_at")
     assert (dense.config.mode, dense.config.width_multiplier, dense.config.seed) == ("dense_at", 0.125, 2)
@@ -56,6 +58,14 @@ def test_bin_reproduce_rejects_bad_scaling_input_in_one_line_and_writes_nothing(
     assert process.returncode == 2
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--widths: widths must be sorted in increasing order" in errors[0]
+    assert not output.exists() and not (tmp_path / "scaling.md").exists()
+    (tmp_path / "records").write_text("not a folder")
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "reproduce.py"), "--study=scaling", f"--output_dir={output}",
+         f"--report={tmp_path / 'scaling.md'}", f"--data_dir={tmp_path}", f"--records_dir={tmp_path / 'records'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2 and len(errors) == 1 and "--records_dir" in errors[0] and "not a folder" in errors[0]
     assert not output.exists() and not (tmp_path / "scaling.md").exists()
 
 
@@ -213,43 +223,95 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
 
 
-def test_evaluation_of_stand_in_runs_is_cached_for_a_second_call(tmp_path, cifar10_path):
-    from rst_tf.study import measure
+def _stand_in_study(config, widths, ratios, output_dir, seeds):
+    """The plan, with every run a finished stand-in search (as `bin/search` leaves one)."""
     from tests import ticket_fixtures
+
+    planned = scaling.plan(config, widths, ratios, output_dir, seeds)
+    for (width, seed), (dense, rst) in planned.items():
+        runs = [(dense.output_dir, dense.config)] + [
+            (run_dir, dataclasses.replace(rst.config, remaining_ratio=ratio))
+            for ratio, run_dir in zip(ratios, rst.run_dirs())]
+        for index, (run_dir, run_config) in enumerate(runs):
+            ticket_fixtures.write_run(run_dir, run_config, variation=100 * seed + 10 * index + int(64 * width))
+            with open(os.path.join(run_dir, "metrics.json")) as handle:
+                metrics = json.load(handle)
+            with open(os.path.join(run_dir, "metrics.json"), "w") as handle:
+                json.dump(dict(metrics, final={"best": {"epoch": 0, "test_natural_accuracy": 0.0,
+                                                         "test_pgd20_accuracy": 0.0}, "weights": {}, "last": {}}),
+                          handle)
+    return planned
+
+
+def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one_does_not(tmp_path, cifar10_path):
+    from rst_tf.study import scaling_records
 
     config = SearchConfig(network="resnet18", remaining_ratio=0.2, test_examples=16, eval_attack_steps=1,
                           data_dir=cifar10_path)
-    ratios = (0.1, 0.2)
-    planned = scaling.plan(config, (0.0625,), ratios, str(tmp_path / "runs"), (0, 1))
-    for (width, seed), (dense, rst) in planned.items():
-        ticket_fixtures.write_run(dense.output_dir, dense.config, variation=seed)
-        for index, (ratio, run_dir) in enumerate(zip(ratios, rst.run_dirs())):
-            run_config = dataclasses.replace(rst.config, remaining_ratio=ratio)
-            ticket_fixtures.write_run(run_dir, run_config, variation=10 * seed + index + 1)
-    test_sets = measure.TestSets(cifar10_path, 16, test_seed=0, test_examples=12)
-    output = str(tmp_path / "runs")
-    # One-step attacks stand in for the AutoAttacks: the same paths, on all 12 images and on the first 6.
-    evaluate = lambda log: scaling.evaluate(planned, output, test_sets, 8.0, 1, log=log, autoattack=("fgsm",),  # noqa
-                                            reference_autoattack="fgsm_rs", protocols=("standard",),
-                                            r2s_test_examples=8, reference_autoattack_examples=6)
-    measured = evaluate(lambda message: None)
-    assert set(measured["evaluation"]) == {"standard"}
+    widths, ratios, seeds = (0.0625,), (0.1, 0.2), (0, 1)
+    first, records = str(tmp_path / "first" / "runs"), str(tmp_path / "docs" / "records")
+    planned = _stand_in_study(config, widths, ratios, first, seeds)
+    # One-step attacks stand in for the AutoAttacks; the standard PGD protocol only.
+    options = dict(test_examples=8, batch_size=8, r2s_test_examples=4, reference_autoattack_examples=4,
+                   autoattack=("fgsm",), reference_autoattack="fgsm_rs", protocols=("standard",),
+                   records_dir=records, stop_after="evaluate")
+    messages = []
+    assert scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
+                       log=messages.append, **options) is None
+    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
+    # A unit is measured and recorded as soon as its runs are done, before the next unit's runs.
+    done = [m.split(":")[0] for m in messages if m.endswith("finished, skipped") or "recorded in" in m]
+    assert done == ["width 0.0625 seed 0"] * 4 + ["width 0.0625 seed 1"] * 4
+    assert "measured, recorded in" in [m for m in messages if "recorded in" in m][0]
+    record = json.load(open(os.path.join(records, "width_0.0625_seed_0.json")))
+    assert set(record["settings"]["runs"]) == {"./width_0.0625/seed_0/dense_at", "./width_0.0625/seed_0/rst/ratio_0.1",
+                                               "./width_0.0625/seed_0/rst/ratio_0.2"}
+    assert record["settings"]["evaluation"]["reference_autoattack"] == "fgsm_rs"  # the widest width's first seed
+    assert "data_dir" not in record["settings"]["runs"]["./width_0.0625/seed_0/dense_at"]
+    assert not any(first in open(os.path.join(records, name)).read() for name in os.listdir(records))
+
+    # What was measured: every run, R2S on the first 4 images (the tickets alone from the runs' own evaluation),
+    # the AutoAttack stand-in on dense AT and the RST at 20%, the reference on the first 4 images of one RST.
+    from rst_tf.study import measure
+
+    test_sets = measure.TestSets(cifar10_path, 8, test_seed=0, test_examples=8)
+    messages = []
+    measured = scaling.evaluate(planned, first, test_sets, 8.0, 1, log=messages.append, autoattack=("fgsm",),
+                                reference_autoattack="fgsm_rs", protocols=("standard",), r2s_test_examples=4,
+                                reference_autoattack_examples=4)
+    assert not any(message.startswith("evaluated") for message in messages)
     subject = planned[0.0625, 0][1].run_dirs()[-1]  # the RST at 20% of the widest width's first seed
     assert set(measured["autoattack"]) == {dense.output_dir for dense, _ in planned.values()} | {
         rst.run_dirs()[-1] for _, rst in planned.values()}
-    assert len(measured["autoattack"][subject]["fgsm_rs"]["correct"]) == 6
-    assert len(measured["autoattack"][subject]["fgsm"]["correct"]) == 12
-    assert [len(measured["r2s"][0.0625, s, "standard"]["r2s_correct"]["eot"]) for s in (0, 1)] == [8, 8]
+    assert len(measured["autoattack"][subject]["fgsm_rs"]["correct"]) == 4
+    assert len(measured["autoattack"][subject]["fgsm"]["correct"]) == 8
+    assert [len(measured["r2s"][0.0625, s, "standard"]["r2s_correct"]["eot"]) for s in seeds] == [4, 4]
     assert measured["r2s"][0.0625, 1, "standard"]["tickets_from"] == "evaluation"
     ticket = measured["r2s"][0.0625, 1, "standard"]["tickets"][1]
     assert ticket["attacked_correct"] == measured["evaluation"]["standard"][planned[0.0625, 1][1].run_dirs()[1]][
         "robust_correct"]["8"][:len(ticket["attacked_correct"])]
     assert set(measured["evaluation"]["standard"]) == set(scaling.run_dirs(planned))
     entry = measured["evaluation"]["standard"][planned[0.0625, 1][0].output_dir]
-    assert len(entry["natural_correct"]) == 12 and set(entry["robust_correct"]) == {"8"}
+    assert len(entry["natural_correct"]) == 8 and set(entry["robust_correct"]) == {"8"}
     assert entry["test_seed"] == 0 and entry["pgd_protocol"] == "standard"
     r2s = measured["r2s"][0.0625, 1, "standard"]
     assert set(r2s["r2s_correct"]) == {"vanilla", "eot", "ensemble"} and len(r2s["tickets"]) == 2
+
+    # Another machine: a new output folder, no runs. Nothing is trained or measured again.
+    second = str(tmp_path / "second" / "runs")
     messages = []
-    assert evaluate(messages.append) == measured
-    assert not any(message.startswith("evaluated") for message in messages)
+    scaling.run(dataclasses.replace(config, data_dir=cifar10_path + "/"), widths, ratios, second,
+                str(tmp_path / "second" / "scaling.md"), seeds, log=messages.append, **options)
+    assert not os.path.exists(os.path.join(second, "width_0.0625", "seed_0", "dense_at"))
+    assert messages == [f"width 0.0625 seed {s}: recorded in {os.path.join(records, f'width_0.0625_seed_{s}.json')}"
+                        for s in seeds]
+    for name in ("evaluation.json", "autoattack.json", "width_0.0625/seed_1/r2s.json"):
+        ours, theirs = (open(os.path.join(folder, name)).read() for folder in (first, second))
+        assert json.loads(theirs.replace(second, first)) == json.loads(ours)
+
+    # A record made with other settings does not count: a changed regime or evaluation trains and measures again.
+    unit, attacks = (0.0625, 1), (("fgsm",), "fgsm_rs", ("standard",))
+    assert scaling_records.load(records, unit, scaling.unit_settings(planned, unit, first, 8, 8.0, 4, 4, *attacks))
+    longer = scaling.plan(dataclasses.replace(config, epochs=config.epochs + 1), widths, ratios, first, seeds)
+    assert not scaling_records.load(records, unit, scaling.unit_settings(longer, unit, first, 8, 8.0, 4, 4, *attacks))
+    assert not scaling_records.load(records, unit, scaling.unit_settings(planned, unit, first, 10, 8.0, 4, 4, *attacks))

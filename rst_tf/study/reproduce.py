@@ -123,12 +123,12 @@ def step_jobs(step, prefix=""):
     return jobs
 
 
-def run_steps(named_steps, output_dir, times_path, executor=None, progress=False, log=print):
+def run_steps(named_steps, output_dir, times_path, executor=None, progress=False, log=print, after_each=None):
     """Run every run of `named_steps` ([(name prefix, Step)]) through `executor` (default: one after another here),
     each after the run it starts from (`executors.with_dependencies`); finished runs are skipped and killed ones
     resumed. The wall and process CPU seconds of the call that finishes a run go to `times_path` ({run_dir:
-    {wall_seconds, cpu_seconds, resumed}}; resumed: it continued an earlier call's run). Then each sweep's sweep.json
-    and sweep.md."""
+    {wall_seconds, cpu_seconds, resumed}}; resumed: it continued an earlier call's run), then `after_each(run_dir)`
+    (if given) is called for every run, skipped ones included. Then each sweep's sweep.json and sweep.md."""
     jobs = executors.with_dependencies([job for prefix, step in named_steps for job in step_jobs(step, prefix)])
 
     def record(job, times):
@@ -136,6 +136,8 @@ def run_steps(named_steps, output_dir, times_path, executor=None, progress=False
             found = run_files.read_json(times_path)
             found[job.run_dir] = times
             run_files.write_json(times_path, found)
+        if after_each is not None:
+            after_each(job.run_dir)
 
     (executor or executors.LocalExecutor()).run(jobs, output_dir, on_done=record, progress=progress, log=log)
     for _, step in named_steps:

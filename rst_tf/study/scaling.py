@@ -3,11 +3,12 @@
     steps = scaling.plan(config, widths=(0.0625, 0.125, 0.25), remaining_ratios=(0.05, 0.1, 0.2),
                          output_dir="runs/scaling", seeds=(0, 1, 2))
 
-At every width and seed: dense PGD-AT (`dense_at`) and an RST sweep over `remaining_ratios` of that seed's one
-random network (`rst`), in OUTPUT_DIR/width_<w>/seed_<s>/. The runs go seed by seed (`running_order`), so a study
-stopped early still spans the widths. Finished runs are skipped and killed ones resume from their last
-checkpoint (`reproduce.run_steps`), so the same call continues a killed study; the runs may go to a Ray cluster
-(`executors`).
+At every width and seed (a unit): dense PGD-AT (`dense_at`) and an RST sweep over `remaining_ratios` of that
+seed's one random network (`rst`), in OUTPUT_DIR/width_<w>/seed_<s>/. The units go from the narrowest width
+(`unit_order`), and each is measured as soon as its runs are trained, then recorded (`scaling_records`) where the
+study keeps its records. Finished runs are skipped, killed ones resume from their last checkpoint
+(`reproduce.run_steps`) and recorded units are read back instead of trained again, so the same call continues a
+killed study, on this machine or another; the runs may go to a Ray cluster (`executors`).
 """
 import dataclasses
 import math
@@ -79,12 +80,21 @@ def plan(config, widths, remaining_ratios, output_dir, seeds):
     return planned
 
 
-def running_order(planned):
-    """[(width, seed, step)]: seed by seed; within a seed, dense AT at every width first (the baseline whose gain
-    from width the regime must show), then the RST sweeps."""
+def unit_order(planned):
+    """[(width, seed)]: width by width from the narrowest, each width's seeds in turn. The cheapest units are
+    measured (and recorded) first, and a width's claims can be decided as soon as its seeds are done."""
     seeds = list(dict.fromkeys(seed for _, seed in planned))
-    widths = sorted({width for width, _ in planned})
-    return [(width, seed, planned[width, seed][index]) for seed in seeds for index in (0, 1) for width in widths]
+    return [(width, seed) for width in sorted({width for width, _ in planned}) for seed in seeds]
+
+
+def running_order(planned):
+    """[(width, seed, step)]: unit by unit (`unit_order`); in each, dense AT, then the RST sweep."""
+    return [(width, seed, step) for width, seed in unit_order(planned) for step in planned[width, seed]]
+
+
+def unit_run_dirs(steps):
+    """The run folders of one unit's steps: dense AT's, then the RST sweep's."""
+    return [run_dir for step in steps for run_dir in step.run_dirs()]
 
 
 def run_dirs(planned):
@@ -144,14 +154,15 @@ STANDARD_OVER_FAST_AUTOATTACK = 5.0
 
 
 def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r2s_test_examples=None,
-             reference_autoattack_examples=None, epsilon=8.0):
+             reference_autoattack_examples=None, epsilon=8.0, reference_unit=None):
     """The plan's CPU minutes: {train_cpu_minutes, eval_cpu_minutes, total_cpu_minutes, parts: {part: minutes},
     per_width: {w: minutes}, budget_cpu_minutes}. Evaluation (as `evaluate` does it) at `epsilon` (/255): PGD-20
     of every run under both protocols on `test_examples` (the paper's one a pass of its own, or none where it is read
     off the standard run: `attacks.pgd.paper_verdicts_follow`, at 8/255); R2S under both protocols, a pass each (the
     vanilla attack one pass, EOT and Ensemble one pass per ticket; the tickets alone are the runs' own results) on
     `r2s_test_examples`; the fast AutoAttack of dense AT and the RST at 20% on `test_examples`; the standard
-    AutoAttack of that RST at the widest width's first seed on `reference_autoattack_examples`."""
+    AutoAttack of that RST at the widest width's first seed (or `reference_unit`, for a part of a plan) on
+    `reference_autoattack_examples`."""
     from rst_tf import attacks
 
     r2s_examples = test_examples if r2s_test_examples is None else min(r2s_test_examples, test_examples)
@@ -162,7 +173,7 @@ def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r
     run_passes, r2s_passes = (1 if read_off else 2), 2
     parts = dict.fromkeys(("training", "pgd", "r2s", "autoattack_fast", "autoattack_standard"), 0.0)
     per_width = {}
-    widest, first_seed = max(width for width, _ in planned), next(iter(planned))[1]
+    reference_unit = reference_unit or (max(width for width, _ in planned), next(iter(planned))[1])
     for (width, seed), steps in planned.items():
         found = {
             "training": sum(len(step.run_dirs()) * train_examples * epochs * (
@@ -173,7 +184,7 @@ def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r
             "autoattack_fast": 2 * test_examples * cost.autoattack_fast(width) / 60000,
             "autoattack_standard": (reference_examples * cost.autoattack_fast(width) * (
                 cost.standard_over_fast_autoattack or STANDARD_OVER_FAST_AUTOATTACK) / 60000
-                if (width, seed) == (widest, first_seed) else 0.0)}
+                if (width, seed) == tuple(reference_unit) else 0.0)}
         for part, minutes in found.items():
             parts[part] += minutes
         per_width[f"{width:g}"] = per_width.get(f"{width:g}", 0.0) + sum(found.values())
@@ -200,7 +211,7 @@ def claim_ratio(remaining_ratios):
 
 def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoattack=("autoattack_fast",),
              reference_autoattack="autoattack", protocols=None, r2s_test_examples=None,
-             reference_autoattack_examples=None):
+             reference_autoattack_examples=None, reference_unit=None, attack_seed=None):
     """Every measurement of the study on `test_sets` (all cached, so a killed evaluation continues):
 
     - natural and PGD-`steps` accuracy at `epsilon` (/255) of every run, under each PGD protocol
@@ -212,7 +223,9 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
       (width, seed), and `reference_autoattack` on that RST of the widest width's first seed, on the first
       `reference_autoattack_examples` test images (None: all) (OUTPUT_DIR/autoattack.json).
 
-    `protocols` (default: every PGD protocol) limits the PGD and R2S measurements to some protocols.
+    `protocols` (default: every PGD protocol) limits the PGD and R2S measurements to some protocols. For a part of
+    a study's plan, `reference_unit` (default: the widest width's first seed) and `attack_seed` (default: the first
+    seed) are those of the whole plan.
 
     Returns {"evaluation": {protocol: {run_dir: entry}}, "r2s": {(width, seed, protocol): report},
     "autoattack": {run_dir: {attack: entry}}}.
@@ -222,7 +235,7 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
 
     protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
     runs = run_dirs(planned)
-    first_seed = next(iter(planned))[1]
+    first_seed = next(iter(planned))[1] if attack_seed is None else attack_seed
     evaluation = measure.evaluate_runs_under(
         {protocol: os.path.join(output_dir, cache_name("evaluation", protocol)) for protocol in protocols}, runs,
         [epsilon], test_sets, first_seed, log)
@@ -244,10 +257,10 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
         subject = rst.run_dirs()[list(rst.remaining_ratios).index(ratio)]
         for run_dir in (steps_of_run[0].output_dir, subject):
             wanted.setdefault(run_dir, []).extend(name for name in autoattack if name in attacks.REGISTRY)
-    widest, first = max(width for width, _ in planned), first_seed
-    rst = rst_step(planned[widest, first])
-    reference_run = rst.run_dirs()[list(rst.remaining_ratios).index(claim_ratio(rst.remaining_ratios))]
-    if reference_autoattack in attacks.REGISTRY:
+    reference_unit = reference_unit or (max(width for width, _ in planned), first_seed)
+    if reference_unit in planned and reference_autoattack in attacks.REGISTRY:
+        rst = rst_step(planned[reference_unit])
+        reference_run = rst.run_dirs()[list(rst.remaining_ratios).index(claim_ratio(rst.remaining_ratios))]
         wanted.setdefault(reference_run, []).append(reference_autoattack)
     found = measure.autoattack_runs(wanted, epsilon, os.path.join(output_dir, "autoattack.json"), test_sets,
                                     first_seed, log,
@@ -255,30 +268,123 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     return {"evaluation": evaluation, "r2s": r2s, "autoattack": found}
 
 
+def evaluation_settings(test_seed, test_examples, epsilon, steps, unit, reference_unit, r2s_test_examples=None,
+                        reference_autoattack_examples=None, autoattack=("autoattack_fast",),
+                        reference_autoattack="autoattack", protocols=None, attack_seed=None):
+    """What `evaluate` measures of `unit` (a JSON-able dict): a record of the unit counts only where these agree."""
+    from rst_tf import attacks
+
+    reference = unit == tuple(reference_unit)
+    return {"test_seed": test_seed, "test_examples": test_examples, "epsilon": float(epsilon), "steps": int(steps),
+            "protocols": list(attacks.PGD_PROTOCOLS if protocols is None else protocols),
+            "autoattack": list(autoattack), "r2s_test_examples": r2s_test_examples,
+            "attack_seed": test_seed if attack_seed is None else attack_seed,
+            "reference_autoattack": reference_autoattack if reference else None,
+            "reference_autoattack_examples": reference_autoattack_examples if reference else None}
+
+
+def reference_unit_of(planned):
+    """The (width, seed) whose RST at 20% the standard AutoAttack checks: the widest width's first seed."""
+    return max(width for width, _ in planned), next(iter(planned))[1]
+
+
+def unit_settings(planned, unit, output_dir, test_examples, epsilon, r2s_test_examples=None,
+                  reference_autoattack_examples=None, autoattack=("autoattack_fast",),
+                  reference_autoattack="autoattack", protocols=None):
+    """The settings a record of `unit` must have been made with (`scaling_records.settings_of`), as `run` measures
+    it."""
+    from rst_tf.study import scaling_records
+
+    steps = planned[unit]
+    runs = {run_dir: config for step in steps for run_dir, config in zip(step.run_dirs(), _run_configs(step))}
+    first_seed = next(iter(planned))[1]
+    return scaling_records.settings_of(runs, evaluation_settings(
+        first_seed, test_examples, epsilon, steps[0].config.eval_attack_steps, unit, reference_unit_of(planned),
+        r2s_test_examples, reference_autoattack_examples, autoattack, reference_autoattack, protocols), output_dir)
+
+
+def unit_caches(planned, unit, output_dir, protocols=None):
+    """The cache files that hold `unit`'s measurements: {path: its run folders there, or None for a file that is
+    wholly its own (its R2S)}."""
+    from rst_tf import attacks
+
+    protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
+    runs = unit_run_dirs(planned[unit])
+    folder = reproduce.seed_dir(width_dir(output_dir, unit[0]), unit[1])
+    caches = {os.path.join(output_dir, cache_name("evaluation", protocol)): runs for protocol in protocols}
+    caches.update({os.path.join(folder, cache_name("r2s", protocol)): None for protocol in protocols})
+    caches[os.path.join(output_dir, "autoattack.json")] = runs
+    caches[os.path.join(output_dir, "run_times.json")] = runs
+    return caches
+
+
 def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_examples=10000, epsilon=8.0,
         command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None,
-        r2s_test_examples=None, reference_autoattack_examples=None):
-    """The whole study: train every run (`train`), evaluate them on `test_examples` test images (`evaluate`; R2S
-    and the standard AutoAttack on the first `r2s_test_examples` and `reference_autoattack_examples` of them) and
-    write the report (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as
-    JSON in <report>.json. Returns that JSON's content, or None when `stop_after` is "train" or "evaluate". The runs
-    go through `executor` (default: one after another here), the evaluation runs here. The same call continues a
+        r2s_test_examples=None, reference_autoattack_examples=None, records_dir="", autoattack=("autoattack_fast",),
+        reference_autoattack="autoattack", protocols=None):
+    """The whole study, unit by unit (`unit_order`): train its runs (`train`), evaluate them on `test_examples` test
+    images (`evaluate`; R2S and the standard AutoAttack on the first `r2s_test_examples` and
+    `reference_autoattack_examples` of them) as soon as they are trained, and record the unit's results in
+    `records_dir` (if given; `scaling_records`). A unit recorded there with the same settings is read back instead
+    of trained and measured. Then the report (`scaling_report`): markdown at `report_path`, figures in
+    <report>_figures/, everything as JSON in <report>.json. Returns that JSON's content, or None when `stop_after`
+    is "train" or "evaluate". `autoattack`, `reference_autoattack` and `protocols` are `evaluate`'s. The runs go
+    through `executor` (default: one after another here), the evaluation runs here. The same call continues a
     killed study."""
     from rst_tf.study import measure
+    from rst_tf.study import scaling_records
     from rst_tf.study import scaling_report
     from rst_tf.training import run_dir as run_files
 
     if stop_after not in ("train", "evaluate", "report"):
         raise ValueError(f"stop_after must be train, evaluate or report, got {stop_after!r}")
     planned = plan(config, widths, remaining_ratios, output_dir, seeds)
-    train(planned, output_dir, progress=progress, log=log, executor=executor)
-    if stop_after == "train":
-        return None
+    reference_unit = reference_unit_of(planned)
+    eval_steps = config.eval_attack_steps
+
+    def settings(unit):
+        return unit_settings(planned, unit, output_dir, test_examples, epsilon, r2s_test_examples,
+                             reference_autoattack_examples, autoattack, reference_autoattack, protocols)
+
+    attacks_of = dict(autoattack=autoattack, reference_autoattack=reference_autoattack, protocols=protocols,
+                      r2s_test_examples=r2s_test_examples, reference_autoattack_examples=reference_autoattack_examples)
+
+    left = []
+    for unit in unit_order(planned):
+        if scaling_records.restore(records_dir, unit, settings(unit), output_dir):
+            log(f"width {unit[0]:g} seed {unit[1]}: recorded in {scaling_records.record_path(records_dir, unit)}")
+        else:
+            left.append(unit)
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
-    measured = evaluate(planned, output_dir, test_sets, epsilon, config.eval_attack_steps, log,
-                        r2s_test_examples=r2s_test_examples,
-                        reference_autoattack_examples=reference_autoattack_examples)
-    if stop_after == "evaluate":
+    untrained = {unit: set(unit_run_dirs(planned[unit])) for unit in left}
+
+    def measure_unit(unit):
+        evaluate({unit: planned[unit]}, output_dir, test_sets, epsilon, eval_steps, log,
+                 reference_unit=reference_unit, attack_seed=seeds[0], **attacks_of)
+        if records_dir:
+            path = scaling_records.save(records_dir, unit, settings(unit),
+                                        unit_caches(planned, unit, output_dir, protocols), output_dir)
+            log(f"width {unit[0]:g} seed {unit[1]}: measured, recorded in {path}")
+
+    def trained(run_dir):
+        for unit, waiting in untrained.items():
+            if run_dir in waiting:
+                waiting.discard(run_dir)
+                if not waiting and stop_after != "train":
+                    measure_unit(unit)
+
+    named = [(f"width {width:g} seed {seed}: ", step) for width, seed in left for step in planned[width, seed]]
+    reproduce.run_steps(named, output_dir, os.path.join(output_dir, "run_times.json"), executor, progress, log,
+                        after_each=trained)
+    if stop_after != "report":
         return None
+    measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples)
+
+
+def _run_configs(step):
+    """The configuration of each run of a step (a sweep's runs each at its ratio)."""
+    if not step.remaining_ratios:
+        return [step.config]
+    return [config for _, config in sweep.run_configs(step.config, step.remaining_ratios)]
