@@ -68,7 +68,8 @@ def test_mask_is_computed_once_per_step(tiny_cifar, monkeypatch):
 
 
 def test_search_lowers_the_adversarial_loss_on_real_images(cifar10_path):
-    """A short real PGD search: the adversarial loss falls."""
+    """A short real PGD search: the adversarial loss falls (the last three epochs' mean below the first epoch's: one
+    epoch of 512 images is noisy, and threads make the trajectory differ between machines)."""
     splits = data.load_splits("cifar10", cifar10_path, validation_examples=0, train_examples=512,
                               test_examples=8, seed=1)
     model = make_model("rst", remaining_ratio=0.3, steps=1)
@@ -76,7 +77,7 @@ def test_search_lowers_the_adversarial_loss_on_real_images(cifar10_path):
     for epoch in range(6):
         batches = data.train_batches(splits.train, dataset="cifar10", batch_size=64, epoch=epoch, seed=1)
         losses.append(model.fit(batches, epochs=1, verbose=0, shuffle=False).history["loss"][-1])
-    assert losses[-1] < losses[0] - 0.1, losses
+    assert np.mean(losses[-3:]) < losses[0] - 0.1, losses
 
 
 def test_mask_search_alone_fits_real_images(cifar10_path):
