@@ -65,8 +65,56 @@ def cluster(ray_environment):
         assert second.returncode == 0, second.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        _ray("stop", "--force", timeout=120)
+        _stop_cluster(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _processes():
+    """{pid: (parent pid, command line)} of every process readable in /proc."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        found[int(name)] = (parent, command)
+    return found
+
+
+def _stop_cluster(temp_dir, port, timeout=30.0):
+    """Stop this module's cluster only: the processes whose command line names its temp folder or port, and their
+    descendants (`ray stop` would stop every Ray on the machine, a user's study's too)."""
+    processes = _processes()
+    ours = {pid for pid, (_, command) in processes.items()
+            if pid != os.getpid() and (temp_dir in command or f":{port} " in command + " ")}
+    grown = True
+    while grown:
+        children = {pid for pid, (parent, _) in processes.items() if parent in ours} - ours
+        ours |= children
+        grown = bool(children)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in ours):
+            time.sleep(0.2)
+
+
+def _alive(pid):
+    """False for a process that is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _comparable_metrics(run_dir):
