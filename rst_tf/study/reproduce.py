@@ -109,17 +109,23 @@ def plan_seeds(config, remaining_ratios, output_dir, seeds, transfer_ratio=None,
                        transfer_ratio, comparison_ratios=comparison_ratios) for seed in seeds}
 
 
-def step_jobs(step, prefix=""):
-    """The runs of one step as executor jobs (named PREFIX + step name [/ratio_<r>]), each checked against the run
-    its folder may already hold (`sweep.check_existing_run`)."""
+def step_configs(step):
+    """[(name, run folder, config)] of the runs of one step: the step's own, or one per ratio of a sweep
+    (named step name/ratio_<r>)."""
     if not step.remaining_ratios:
-        sweep.check_existing_run(step.config, step.output_dir)
-        return [executors.Job(prefix + step.name, step.config, step.output_dir)]
-    jobs = []
+        return [(step.name, step.output_dir, step.config)]
     configs = sweep.run_configs(step.config, list(step.remaining_ratios))
-    for (ratio, run_config), run_dir in zip(configs, step.run_dirs()):
+    return [(f"{step.name}/{sweep.ratio_name(ratio)}", run_dir, run_config)
+            for (ratio, run_config), run_dir in zip(configs, step.run_dirs())]
+
+
+def step_jobs(step, prefix=""):
+    """The runs of one step as executor jobs (named PREFIX + `step_configs`' name), each checked against the run
+    its folder may already hold (`sweep.check_existing_run`)."""
+    jobs = []
+    for name, run_dir, run_config in step_configs(step):
         sweep.check_existing_run(run_config, run_dir)
-        jobs.append(executors.Job(f"{prefix}{step.name}/{sweep.ratio_name(ratio)}", run_config, run_dir))
+        jobs.append(executors.Job(prefix + name, run_config, run_dir))
     return jobs
 
 

@@ -173,7 +173,7 @@ def estimate(cost, planned, train_examples, epochs, test_examples, num_ratios, r
     run_passes, r2s_passes = (1 if read_off else 2), 2
     parts = dict.fromkeys(("training", "pgd", "r2s", "autoattack_fast", "autoattack_standard"), 0.0)
     per_width = {}
-    reference_unit = reference_unit or (max(width for width, _ in planned), next(iter(planned))[1])
+    reference_unit = reference_unit or reference_unit_of(planned)
     for (width, seed), steps in planned.items():
         found = {
             "training": sum(len(step.run_dirs()) * train_examples * epochs * (
@@ -257,7 +257,7 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
         subject = rst.run_dirs()[list(rst.remaining_ratios).index(ratio)]
         for run_dir in (steps_of_run[0].output_dir, subject):
             wanted.setdefault(run_dir, []).extend(name for name in autoattack if name in attacks.REGISTRY)
-    reference_unit = reference_unit or (max(width for width, _ in planned), first_seed)
+    reference_unit = reference_unit or reference_unit_of(planned)
     if reference_unit in planned and reference_autoattack in attacks.REGISTRY:
         rst = rst_step(planned[reference_unit])
         reference_run = rst.run_dirs()[list(rst.remaining_ratios).index(claim_ratio(rst.remaining_ratios))]
@@ -296,7 +296,7 @@ def unit_settings(planned, unit, output_dir, test_examples, epsilon, r2s_test_ex
     from rst_tf.study import scaling_records
 
     steps = planned[unit]
-    runs = {run_dir: config for step in steps for run_dir, config in zip(step.run_dirs(), _run_configs(step))}
+    runs = {run_dir: config for step in steps for _, run_dir, config in reproduce.step_configs(step)}
     first_seed = next(iter(planned))[1]
     return scaling_records.settings_of(runs, evaluation_settings(
         first_seed, test_examples, epsilon, steps[0].config.eval_attack_steps, unit, reference_unit_of(planned),
@@ -381,10 +381,3 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples)
-
-
-def _run_configs(step):
-    """The configuration of each run of a step (a sweep's runs each at its ratio)."""
-    if not step.remaining_ratios:
-        return [step.config]
-    return [config for _, config in sweep.run_configs(step.config, step.remaining_ratios)]

@@ -6,7 +6,7 @@ study continues on another machine, or after its runs are gone, without training
     scaling_records.restore(records_dir, (0.125, 1), record, output_dir)           # True: nothing left to do
 
 One JSON file per (width, seed), `width_<w>_seed_<s>.json`: `settings` (every run's configuration but its data
-folder, and the evaluation's settings) and `caches` (the entries of the study's cache files that belong to it:
+folder and strategy, and the evaluation's settings) and `caches` (the entries of the study's cache files that belong to it:
 evaluation under each protocol, AutoAttack and run times by run, its R2S files whole), with every path relative
 to the study's output folder. A record counts only for a study with the same settings.
 """
@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 
+from rst_tf.study import sweep
 from rst_tf.training import run_dir as run_files
 
 
@@ -23,12 +24,12 @@ def record_path(records_dir, unit):
 
 
 def _config_settings(config):
-    """A run's configuration as it decides its results: every field but where the data are read from."""
+    """A run's configuration as it decides its results: every field but where it reads its data and runs
+    (`sweep.LOCATION_FIELDS`)."""
     import dataclasses
 
-    found = dataclasses.asdict(config)
-    found.pop("data_dir", None)
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in found.items()}
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items() if key not in sweep.LOCATION_FIELDS}
 
 
 def settings_of(runs, evaluation, output_dir):

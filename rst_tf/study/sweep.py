@@ -16,7 +16,8 @@ from rst_tf.training import run_dir as run_files
 SWEEP_MODES = ("rst", "finetune")
 RATIO_PLACEHOLDER = "{ratio}"
 # Fields that may differ between a sweep and the runs it finds without changing what they compute.
-_LOCATION_FIELDS = ("data_dir", "strategy")
+# Fields that say where a run reads its data and runs, not what it computes.
+LOCATION_FIELDS = ("data_dir", "strategy")
 
 
 def ratio_name(remaining_ratio):
@@ -109,7 +110,7 @@ def check_existing_run(config, run_dir):
     existing = run_files.read_config(run_dir)
     for field in dataclasses.fields(config):
         ours, theirs = getattr(config, field.name), getattr(existing, field.name)
-        if field.name not in _LOCATION_FIELDS and ours != theirs:
+        if field.name not in LOCATION_FIELDS and ours != theirs:
             raise ValueError(f"{run_dir} holds a run with {field.name} {theirs!r}, not {ours!r}: "
                              "choose another output folder")
 
