@@ -332,3 +332,20 @@ def test_undecodable_image_is_named_or_skipped(image_folders_with_a_bad_file):
     assert (splits.num_train, splits.num_validation, splits.num_test) == (12, 4, 16)  # 17 training files, 1 bad
     for split, size in ((splits.train, 12), (splits.validation, 4), (splits.test, 16)):
         assert len(batches_as_arrays(split.batch(100))[0][1]) == size
+
+
+def test_the_first_test_images_of_the_whole_set_are_the_seeded_subset_and_hold_every_class(cifar10_path, tmp_path):
+    # A folder lists its test images class by class; the splits give them in a seeded order.
+    copy_class_folders(cifar10_path, tmp_path, per_class=20)
+
+    def test_labels(test_examples, seed=3):
+        splits = data.load_splits("cifar10", str(tmp_path), validation_examples=3, train_examples=3,
+                                  test_examples=test_examples, seed=seed)
+        return split_contents(splits.test)
+
+    whole_keys, whole_labels = test_labels(None)
+    assert sorted(whole_labels) == [0] * 20 + [1] * 20 + [2] * 20
+    subset_keys, subset_labels = test_labels(15)
+    assert (subset_keys, subset_labels) == (whole_keys[:15], whole_labels[:15])
+    assert set(whole_labels[:15]) == {0, 1, 2}
+    assert test_labels(None, seed=4)[1] != whole_labels

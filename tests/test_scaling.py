@@ -315,3 +315,22 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     longer = scaling.plan(dataclasses.replace(config, epochs=config.epochs + 1), widths, ratios, first, seeds)
     assert not scaling_records.load(records, unit, scaling.unit_settings(longer, unit, first, 8, 8.0, 4, 4, *attacks))
     assert not scaling_records.load(records, unit, scaling.unit_settings(planned, unit, first, 10, 8.0, 4, 4, *attacks))
+
+    # A measurement made on other test images, or on the same ones in another order, is made again: here one run's
+    # PGD result and one seed's R2S (R2S is measured after the runs, so its tickets are that run's new result).
+    moved = planned[0.0625, 1][0].output_dir
+    for name, mark in (("evaluation.json", lambda cache: cache[moved]),
+                       ("width_0.0625/seed_0/r2s.json", lambda cache: cache)):
+        cache = json.load(open(os.path.join(first, name)))
+        mark(cache)["test_set"] = "0" * 16
+        json.dump(cache, open(os.path.join(first, name), "w"))
+    messages = []
+    again = scaling.evaluate(planned, first, test_sets, 8.0, 1, log=messages.append, autoattack=("fgsm",),
+                             reference_autoattack="fgsm_rs", protocols=("standard",), r2s_test_examples=4,
+                             reference_autoattack_examples=4)
+    assert [m.split(" (")[0] for m in messages if m.startswith("evaluated")] == [f"evaluated {moved}"]
+    assert again["evaluation"]["standard"][moved]["test_set"] == test_sets.fingerprint(config) != "0" * 16
+    assert again["evaluation"]["standard"][moved]["robust_correct"] == measured["evaluation"]["standard"][moved][
+        "robust_correct"]
+    assert again["r2s"][0.0625, 0, "standard"]["r2s_correct"] == measured["r2s"][0.0625, 0, "standard"]["r2s_correct"]
+    assert again["r2s"][0.0625, 0, "standard"]["test_set"] == test_sets.fingerprint(config)

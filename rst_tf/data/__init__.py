@@ -89,9 +89,11 @@ def load_splits(
     ImageNet) are held out for validation. `train_examples` / `test_examples`
     keep only that many of the remaining training / the test images.
     `class_subset` keeps only those classes, relabelled 0..n-1 in the given
-    order. For class folders the held-out and kept images are drawn from a
-    permutation seeded by `seed`; a tensorflow-datasets copy is already
-    stored in mixed order, and its first training examples are held out.
+    order. For class folders the held-out, kept and test images (all of
+    them too) come in an order permuted by `seed`, so the first N test
+    images are the N-image test subset; a tensorflow-datasets copy is
+    already stored in mixed order, and its first training examples are
+    held out.
 
     Every chosen file of a class-folder copy is decoded once here: one that cannot be decoded (or has the wrong
     shape) raises ValueError naming it, or with `skip_bad_images` is left out of its split (the split is that much
@@ -205,10 +207,9 @@ def _class_folder_splits(data_dir, dataset, sizes, class_subset, seed, skip_bad_
     train_order = np.random.default_rng(seed).permutation(len(train_files))
     validation_indices = train_order[:num_validation]
     train_indices = train_order[num_validation : num_validation + num_train]
-    if num_test == len(test_files):
-        test_indices = np.arange(num_test)
-    else:
-        test_indices = np.random.default_rng(seed).permutation(len(test_files))[:num_test]
+    # The test images in an order seeded like the training images (a folder lists them class by class), so that
+    # the first N of them, of the whole test set too, are the N-image test subset and hold every class.
+    test_indices = np.random.default_rng(seed).permutation(len(test_files))[:num_test]
     chosen = [(train_files[train_indices], train_labels[train_indices]),
               (train_files[validation_indices], train_labels[validation_indices]),
               (test_files[test_indices], test_labels[test_indices])]

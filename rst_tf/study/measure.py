@@ -2,9 +2,14 @@
 
 Every run of the study is measured on one test set: the test subset that the study's first seed draws (for the
 runs' task: all classes, or the class subset of the transfer study), so the per-example results of every run and
-seed are paired on the same images (`measuring.contrasts`). Per-example results are kept as '0'/'1' strings.
+seed are paired on the same images (`measuring.contrasts`). Per-example results are kept as '0'/'1' strings,
+with the test set's fingerprint (`TestSets.fingerprint`): a result made on other images, or on the same ones in
+another order, is measured again.
 """
 import dataclasses
+import hashlib
+
+import numpy as np
 
 from rst_tf import attacks
 from rst_tf.measuring import contrasts
@@ -31,19 +36,33 @@ class TestSets:
         self.data_dir, self.batch_size, self.test_seed = data_dir, int(batch_size), int(test_seed)
         self.test_examples = test_examples  # None: each run's own config.test_examples
         self._by_task = {}
+        self._fingerprints = {}
+
+    def _key(self, config):
+        test_examples = config.test_examples if self.test_examples is None else self.test_examples
+        return tuple(config.class_subset), config.dataset, test_examples
 
     def batches(self, config):
         from rst_tf import data
         from rst_tf.reports import suite
 
-        test_examples = config.test_examples if self.test_examples is None else self.test_examples
-        key = (tuple(config.class_subset), config.dataset, test_examples)
+        key = self._key(config)
+        test_examples = key[2]
         if key not in self._by_task:
             chosen = dataclasses.replace(config, data_dir=self.data_dir or config.data_dir, seed=self.test_seed,
                                          test_examples=test_examples)
             splits = build.load_data(chosen)
             self._by_task[key] = suite.materialize(data.eval_batches(splits.test, self.batch_size))
         return self._by_task[key]
+
+    def fingerprint(self, config):
+        """The test labels of `batches(config)`, in order, hashed: what a cached per-example result must have been
+        measured on to count."""
+        key = self._key(config)
+        if key not in self._fingerprints:
+            labels = np.concatenate([np.asarray(labels, np.int64) for _, labels in self.batches(config)])
+            self._fingerprints[key] = hashlib.sha256(labels.tobytes()).hexdigest()[:16]
+        return self._fingerprints[key]
 
 
 def evaluate_runs(run_dirs, epsilons, cache_path, test_sets, seed=0, log=print, pgd_protocol="standard"):
@@ -67,9 +86,11 @@ def evaluate_runs_under(cache_paths, run_dirs, epsilons, test_sets, seed=0, log=
     caches = {protocol: run_files.read_json(path) for protocol, path in cache_paths.items()}
     wanted = [f"{e:g}" for e in epsilons]
     for run_dir in run_dirs:
+        test_set = test_sets.fingerprint(run_files.read_config(run_dir))
         missing = [protocol for protocol, cache in caches.items()
                    if not (cache.get(run_dir, {}).get("pgd_protocol") == protocol
                            and cache[run_dir].get("test_seed") == test_sets.test_seed
+                           and cache[run_dir].get("test_set") == test_set
                            and all(key in cache[run_dir].get("robust_correct", {}) for key in wanted))]
         if not missing:
             continue
@@ -85,7 +106,8 @@ def evaluate_runs_under(cache_paths, run_dirs, epsilons, test_sets, seed=0, log=
                 "robust_correct": {key: contrasts.pack(attack["correct"]) for key, attack in zip(wanted, measured)},
                 "robust_intervals": {key: attack["interval"] for key, attack in zip(wanted, measured)},
                 "num_examples": result["natural"]["num_examples"], "pgd_protocol": protocol,
-                "test_seed": test_sets.test_seed, "seconds": sum(attack["seconds"] for attack in measured)}
+                "test_seed": test_sets.test_seed, "test_set": test_set,
+                "seconds": sum(attack["seconds"] for attack in measured)}
             if any(attack.get("read_off_standard_run") for attack in measured):
                 entry["read_off_standard_run"] = True
             caches[protocol][run_dir] = entry
@@ -102,15 +124,17 @@ def transfer_between(run_dirs, names, epsilon, steps, cache_path, test_sets, see
 
     cached = run_files.read_json(cache_path)
     attack = pgd(steps, epsilon / 255, pgd_protocol)
+    test_set = test_sets.fingerprint(run_files.read_config(run_dirs[0]))
     if (cached.get("names") == list(names) and cached.get("attack") == dataclasses.asdict(attack)
-            and cached.get("test_seed") == test_sets.test_seed and "correct" in cached):
+            and cached.get("test_seed") == test_sets.test_seed and cached.get("test_set") == test_set
+            and "correct" in cached):
         return cached
     networks, config = {}, None
     for name, run_dir in zip(names, run_dirs):
         networks[name], config = run_files.load_run(run_dir, "best")
     result = transfer.transfer_matrix(networks, test_sets.batches(config), attack, seed=seed)
     result["correct"] = [[contrasts.pack(cell) for cell in row] for row in result["correct"]]
-    result.update(run_dirs=list(run_dirs), test_seed=test_sets.test_seed)
+    result.update(run_dirs=list(run_dirs), test_seed=test_sets.test_seed, test_set=test_set)
     run_files.write_json(cache_path, result)
     return result
 
@@ -144,16 +168,22 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
 
     cached = run_files.read_json(cache_path)
     attack = pgd(steps, epsilon / 255, pgd_protocol)
+    config = run_files.read_config(run_dirs[0])
+    test_set = test_sets.fingerprint(config)
     if (cached.get("run_dirs") == list(run_dirs) and cached.get("attack") == dataclasses.asdict(attack)
-            and cached.get("test_seed") == test_sets.test_seed and cached.get("test_examples") == test_examples
+            and cached.get("test_seed") == test_sets.test_seed and cached.get("test_set") == test_set
+            and cached.get("test_examples") == test_examples
             and all(kind in cached.get("r2s_correct", {}) for kind in adaptive)):
         return cached
+    if tickets_measured and any(entry.get("test_set") != test_set for entry in tickets_measured):
+        raise ValueError("the tickets' own results were measured on another test set than R2S's")
     banks, _ = tickets.from_runs(list(run_dirs))
     (task, bank), = banks.items()
-    batches = first_examples(test_sets.batches(run_files.read_config(run_dirs[0])), test_examples)
+    batches = first_examples(test_sets.batches(config), test_examples)
     evaluation = r2s.BankEvaluation(bank, attack, seed)
     report = {"tickets": [], "r2s": {}, "r2s_correct": {}, "task": task, "run_dirs": list(run_dirs),
-              "attack": dataclasses.asdict(attack), "test_seed": test_sets.test_seed, "test_examples": test_examples,
+              "attack": dataclasses.asdict(attack), "test_seed": test_sets.test_seed, "test_set": test_set,
+              "test_examples": test_examples,
               "tickets_from": "evaluation" if tickets_measured else "r2s"}
     num_examples = sum(int(labels.shape[0]) for _, labels in batches)
     for index, ticket in enumerate(bank.tickets):
@@ -192,8 +222,9 @@ def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print, t
         for name in names:
             cached = cache.get(run_dir, {}).get(name, {})
             limit = (test_examples or {}).get(name)
-            if (cached.get("test_seed") == test_sets.test_seed and cached.get("epsilon") == float(epsilon)
-                    and cached.get("test_examples") == limit):
+            test_set = test_sets.fingerprint(run_files.read_config(run_dir))
+            if (cached.get("test_seed") == test_sets.test_seed and cached.get("test_set") == test_set
+                    and cached.get("epsilon") == float(epsilon) and cached.get("test_examples") == limit):
                 continue
             network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
             attack = suite.attack_config(name, epsilon / 255)
@@ -203,7 +234,7 @@ def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print, t
                 "accuracy": result["accuracy"], "interval": result["interval"], "correct": contrasts.pack(
                     result["correct"]), "num_examples": result["num_examples"], "seconds": result["seconds"],
                 "cpu_seconds": result["cpu_seconds"], "epsilon": float(epsilon), "test_seed": test_sets.test_seed,
-                "test_examples": limit}
+                "test_set": test_set, "test_examples": limit}
             log(f"{name} of {run_dir}: {result['accuracy']:.4f} ({result['cpu_seconds'] / 60:.1f} CPU min)")
             run_files.write_json(cache_path, cache)
     return {run_dir: {name: cache[run_dir][name] for name in names} for run_dir, names in wanted.items()}
