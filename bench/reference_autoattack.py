@@ -52,7 +52,8 @@ RUNS = COMPONENTS + ("autoattack", "torchattacks_autoattack")
 
 
 def fixture_indices(num_test):
-    """The fixture's test-split indices, sorted."""
+    """The fixture's test-split indices, sorted. (tests/fixtures/autoattack_golden.json's images were chosen so in
+    the loader's earlier order, class by class, and its indices give them in the current, seeded one.)"""
     return np.sort(np.random.default_rng(FIXTURE_SEED).choice(num_test, FIXTURE_EXAMPLES, replace=False))
 
 
