@@ -46,8 +46,7 @@ class TestSets:
         from rst_tf import data
         from rst_tf.reports import suite
 
-        key = self._key(config)
-        test_examples = key[2]
+        key = _, _, test_examples = self._key(config)
         if key not in self._by_task:
             chosen = dataclasses.replace(config, data_dir=self.data_dir or config.data_dir, seed=self.test_seed,
                                          test_examples=test_examples)
@@ -222,11 +221,12 @@ def autoattack_runs(wanted, epsilon, cache_path, test_sets, seed=0, log=print, t
         for name in names:
             cached = cache.get(run_dir, {}).get(name, {})
             limit = (test_examples or {}).get(name)
-            test_set = test_sets.fingerprint(run_files.read_config(run_dir))
+            config = run_files.read_config(run_dir)
+            test_set = test_sets.fingerprint(config)
             if (cached.get("test_seed") == test_sets.test_seed and cached.get("test_set") == test_set
                     and cached.get("epsilon") == float(epsilon) and cached.get("test_examples") == limit):
                 continue
-            network, config = run_files.load_run(run_dir, checkpoint_of(run_files.read_config(run_dir)))
+            network, config = run_files.load_run(run_dir, checkpoint_of(config))
             attack = suite.attack_config(name, epsilon / 255)
             batches = first_examples(test_sets.batches(config), limit)
             result = suite.evaluate_attacks(network, batches, [attack], seed=seed)["attacks"][0]

@@ -6,9 +6,9 @@ study continues on another machine, or after its runs are gone, without training
     scaling_records.restore(records_dir, (0.125, 1), record, output_dir)           # True: nothing left to do
 
 One JSON file per (width, seed), `width_<w>_seed_<s>.json`: `settings` (every run's configuration but its data
-folder and strategy, and the evaluation's settings) and `caches` (the entries of the study's cache files that belong to it:
-evaluation under each protocol, AutoAttack and run times by run, its R2S files whole), with every path relative
-to the study's output folder. A record counts only for a study with the same settings.
+folder and strategy, and the evaluation's settings) and `caches` (the entries of the study's cache files that
+belong to it: evaluation under each protocol, AutoAttack and run times by run, its R2S files whole), with every
+path relative to the study's output folder. A record counts only for a study with the same settings.
 """
 import datetime
 import os

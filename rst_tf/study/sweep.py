@@ -15,8 +15,8 @@ from rst_tf.training import run_dir as run_files
 
 SWEEP_MODES = ("rst", "finetune")
 RATIO_PLACEHOLDER = "{ratio}"
-# Fields that may differ between a sweep and the runs it finds without changing what they compute.
-# Fields that say where a run reads its data and runs, not what it computes.
+# Fields that say where a run reads its data and runs, not what it computes: they may differ between a sweep and the
+# runs it finds.
 LOCATION_FIELDS = ("data_dir", "strategy")
 
 
