@@ -3,6 +3,7 @@ worker killed mid-run on a real two-node local cluster, and bad input (executor,
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -146,12 +147,28 @@ def _run_step(cifar10_path, name, output_dir, **changes):
     return reproduce.Step(name, dataclasses.replace(config, **changes), output_dir)
 
 
+# The local executor in a fresh process whose TensorFlow has one thread, as a Ray task asking for one CPU has
+# (deterministic ops give the same results for the same threads: other threads split reductions otherwise).
+LOCAL_RUN = """
+import pickle, sys
+from rst_tf.study import ray_executor, reproduce
+ray_executor.use_threads(1)
+step, output_dir = pickle.load(open(sys.argv[1], "rb"))
+reproduce.run_steps([("", step)], output_dir, output_dir + "/run_times.json")
+"""
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, cifar10_path):
-    """The tiny deterministic run, run by the local executor in this process: its run folder."""
+    """The tiny deterministic run, run by the local executor with one TensorFlow thread: its run folder."""
     output_dir = str(tmp_path_factory.mktemp("local"))
     step = _run_step(cifar10_path, "run", os.path.join(output_dir, "run"))
-    reproduce.run_steps([("", step)], output_dir, os.path.join(output_dir, "run_times.json"))
+    arguments = os.path.join(output_dir, "step.pickle")
+    with open(arguments, "wb") as handle:
+        pickle.dump((step, output_dir), handle)
+    finished = subprocess.run([sys.executable, "-c", LOCAL_RUN, arguments], cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
     return step.output_dir
 
 
@@ -204,8 +221,15 @@ def test_embedded_ray_runs_the_same_run(tmp_path, cifar10_path, local_run):
     reproduce.run_steps([("", step)], str(tmp_path), str(tmp_path / "run_times.json"),
                         ray_executor.RayExecutor("", cpus_per_run=1, poll_seconds=0.2), log=messages.append)
     assert messages[-1] == "runs: 1 done, 0 running, 0 queued"
-    assert sorted(json.loads(open(tmp_path / "run_times.json").read())) == [step.output_dir]
+    times = json.loads(open(tmp_path / "run_times.json").read())
+    assert sorted(times) == [step.output_dir]
+    assert times[step.output_dir]["threads"] == 1  # the CPUs it asked for, not the machine's two cores
     assert_same_runs(step.output_dir, local_run)
+
+
+@pytest.mark.parametrize("cpus_per_run, threads", [(0, 0), (0.25, 1), (1, 1), (2.5, 2), (8, 8)])
+def test_a_run_uses_as_many_threads_as_the_whole_cpus_it_asks_for(cpus_per_run, threads):
+    assert ray_executor.threads_for(cpus_per_run) == threads
 
 
 def test_two_node_cluster_runs_in_parallel_and_a_killed_worker_resumes_to_the_same_run(cluster_study):
@@ -213,6 +237,7 @@ def test_two_node_cluster_runs_in_parallel_and_a_killed_worker_resumes_to_the_sa
     assert killed, "the run finished before its worker could be killed"
     assert times[killed_step.output_dir]["resumed"] is True  # Ray ran the task again; it resumed from the checkpoint
     assert times[twin.output_dir]["resumed"] is False
+    assert {run_dir: row["threads"] for run_dir, row in times.items()} == {run_dir: 1 for run_dir in times}
     # one run per node; the RTT waits for its source
     assert any(message.startswith("runs: 0 done, 2 running, 1 queued") for message in messages), messages
     assert messages[-1] == "runs: 3 done, 0 running, 0 queued"
@@ -267,12 +292,12 @@ def test_a_task_that_cannot_see_the_output_folder_stops_before_writing(tmp_path)
     marker.parent.mkdir()
     job = executors.Job("run", SearchConfig(**TINY), str(tmp_path / "run"))
     with pytest.raises(ray_executor.StorageError, match="is not visible from Ray node .*shared file system"):
-        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"))
+        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"), 0)
     marker.write_text(json.dumps({"token": "another driver's"}))
     with pytest.raises(ray_executor.StorageError, match="lacks the marker the driver wrote"):
-        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"))
+        ray_executor.run_job_task(job, str(tmp_path), str(marker), "token", str(tmp_path / "progress.json"), 0)
     with pytest.raises(ray_executor.StorageError, match="working folder .* does not exist on Ray node"):
-        ray_executor.run_job_task(job, str(tmp_path / "missing"), str(marker), "token", "unused")
+        ray_executor.run_job_task(job, str(tmp_path / "missing"), str(marker), "token", "unused", 0)
     assert sorted(os.listdir(tmp_path)) == [ray_executor.WORK_FOLDER]
 
 

@@ -173,7 +173,7 @@ def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
     figures = report.figures(results, 20, "standard", ("standard", "paper"))
     config = SearchConfig(width_multiplier=0.125, epochs=6, train_examples=20000, test_examples=1000)
     times = report.run_times(steps_by_seed, {steps_by_seed[0][0].output_dir: {
-        "wall_seconds": 300.0, "cpu_seconds": 540.0, "resumed": False}}, results.evaluation)
+        "wall_seconds": 300.0, "cpu_seconds": 540.0, "resumed": False, "threads": 1}}, results.evaluation)
     text = report.markdown_report(
         "bin/reproduce --flagfile=flags/reproduce/cpu.cfg",
         report.scale_of(config, RATIOS, [8, 12], [0, 1]), 5400, figures, rows,
@@ -196,8 +196,8 @@ def test_report_has_command_scale_time_claims_intervals_and_figures(tmp_path):
     assert figures["kinds"]["rst"][2]["robust_interval"] == rst["interval"]
     assert any(line.startswith("| RST | 0.2 | 45.0% [") and f"| 29.0% [{100 * rst['interval'][0]:.1f}, " in line
                for line in lines)
-    assert "| 0 | dense_at | - | 5.0 | 9.0 | no | 1.0 |" in lines
-    assert "| 1 | dense_at | - | - | - | - | 1.0 |" in lines
+    assert "| 0 | dense_at | - | 5.0 | 9.0 | no | 1 | 1.0 |" in lines
+    assert "| 1 | dense_at | - | - | - | - | - | 1.0 |" in lines
     assert "![fig1](reproduction_figures/fig1.png)" in lines
     written = report.write_figures(figures, str(tmp_path / "figures"), [8.0, 12.0])
     assert sorted(written) == ["fig1", "fig2", "fig3", "fig5", "fig6", "transfer", "transfer_paper"]

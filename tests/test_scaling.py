@@ -206,7 +206,9 @@ def test_the_standard_autoattack_on_the_first_images_is_a_check_not_part_of_the_
 def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path):
     planned, measured = _synthetic(tmp_path / "runs", {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0}, autoattack=True)
     report = str(tmp_path / "docs" / "scaling.md")
-    found = scaling_report.write(planned, measured, {}, SearchConfig(epochs=4), report,
+    times = {"runs/a": {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1},
+             "runs/b": {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True}}
+    found = scaling_report.write(planned, measured, times, SearchConfig(epochs=4), report,
                                  "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES)
     written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
     assert written["widths"] == list(WIDTHS) and written["seeds"] == [0, 1, 2]
@@ -219,6 +221,8 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert lines.index(counts) < next(i for i, line in enumerate(lines) if line.startswith("| where | claim"))
     assert "![RST minus dense AT against width](scaling_figures/gap.png)" in lines
     assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
+    assert lines[lines.index("| run | wall min | CPU min | resumed | threads |") + 2:][:2] == [
+        "| runs/a | 2.0 | 1.5 | no | 1 |", "| runs/b | 1.0 | 1.9 | yes | - |"]
     dense = found["accuracy"]["0.125"]["dense AT"]
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
 

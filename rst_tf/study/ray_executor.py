@@ -8,6 +8,9 @@ after others gets their tasks' object references as arguments: Ray starts it onc
 that dies makes Ray run the task again (`max_retries`), and the run resumes from its last checkpoint; a driver that
 dies leaves finished runs finished, so the same command again skips them and resumes the rest.
 
+A run's TensorFlow uses as many threads (within an op and across ops) as the CPUs its task asks for, at least one
+(TensorFlow's default, every core of the node, would put several runs' threads on the same cores).
+
 Every node must see OUTPUT_DIR (a shared file system): the driver writes a marker there that every task reads
 before it writes anything, and stops the study with one line when a task cannot find it. The library code must be
 importable on every node (the same checkout or install; the driver adds its own checkout to the workers' path).
@@ -40,10 +43,27 @@ def check_marker(marker_path, token):
                            "output folder through a shared file system")
 
 
-def run_job_task(job, cwd, marker_path, token, progress_path, *upstream):
+def threads_for(cpus_per_run):
+    """TensorFlow threads of a run that asks for `cpus_per_run` CPUs: its whole CPUs, at least 1; 0 (TensorFlow's
+    default, every core) for a run that asks for none."""
+    return max(1, int(cpus_per_run)) if cpus_per_run > 0 else 0
+
+
+def use_threads(threads):
+    """Set this process's TensorFlow threads within an op and across ops (0: TensorFlow's default) before its
+    first op (a process that already runs with that setting is left as it is); returns TensorFlow's setting."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
+def run_job_task(job, cwd, marker_path, token, progress_path, threads, *upstream):
     """The Ray task of one job: in the driver's working folder, check the marker, note this process in
-    `progress_path` ({pid, host, started}), then `executors.run_job`. `upstream`: the results of the jobs it waits
-    for (Ray passes them once those tasks have finished)."""
+    `progress_path` ({pid, host, started}), set TensorFlow's `threads` (`use_threads`), then `executors.run_job`;
+    its times gain TensorFlow's `threads`. `upstream`: the results of the jobs it waits for (Ray passes them once
+    those tasks have finished)."""
     try:
         os.chdir(cwd)
     except OSError:
@@ -51,7 +71,9 @@ def run_job_task(job, cwd, marker_path, token, progress_path, *upstream):
                            "every node must see the output folder through a shared file system") from None
     check_marker(marker_path, token)
     run_files.write_json(progress_path, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-    return executors.run_job(job, progress=False, log=lambda message: print(message, flush=True))
+    threads = use_threads(threads)
+    times = executors.run_job(job, progress=False, log=lambda message: print(message, flush=True))
+    return None if times is None else {**times, "threads": threads}
 
 
 def _host_and_port(address):
@@ -74,9 +96,9 @@ def probe(address, timeout=CONNECT_TIMEOUT_SECONDS):
 
 
 class RayExecutor:
-    """Runs jobs as Ray tasks asking for `cpus_per_run` CPUs and `gpus_per_run` GPUs each, at most
-    `max_concurrent_runs` at once (0: as many as the cluster holds). `address`: "" starts Ray on this machine,
-    "auto" or HOST:PORT joins a running cluster, ray://HOST:PORT connects through Ray Client."""
+    """Runs jobs as Ray tasks asking for `cpus_per_run` CPUs (TensorFlow threads: `threads_for`) and `gpus_per_run`
+    GPUs each, at most `max_concurrent_runs` at once (0: as many as the cluster holds). `address`: "" starts Ray on
+    this machine, "auto" or HOST:PORT joins a running cluster, ray://HOST:PORT connects through Ray Client."""
 
     name = "ray"
 
@@ -103,7 +125,8 @@ class RayExecutor:
         code_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(executors.__file__))))
         # Workers' output (TensorFlow's start-up lines, each run's log) stays in Ray's session logs; the driver
         # shows each run's progress instead.
-        options = dict(logging_level=logging.ERROR, log_to_driver=False, job_config=ray.job_config.JobConfig(code_search_path=[code_root]),
+        options = dict(logging_level=logging.ERROR, log_to_driver=False,
+                       job_config=ray.job_config.JobConfig(code_search_path=[code_root]),
                        runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}})
         if not self.address:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a Ray started here reports nothing home
@@ -157,8 +180,9 @@ class RayExecutor:
                 while queue and (not self.max_concurrent_runs or len(pending) < self.max_concurrent_runs):
                     index, job = queue.pop(0)
                     upstream = [refs[os.path.normpath(folder)] for folder in job.after]
-                    ref = task.options(name=job.name, **resources).remote(job, os.getcwd(), marker_path, token,
-                                                             progress_paths[index], *upstream)
+                    ref = task.options(name=job.name, **resources).remote(
+                        job, os.getcwd(), marker_path, token, progress_paths[index], threads_for(self.cpus_per_run),
+                        *upstream)
                     refs[os.path.normpath(job.run_dir)] = ref
                     pending[ref] = index, job
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_seconds)

@@ -57,8 +57,9 @@ def figures(results, attack_steps, pgd_protocol, protocols):
 
 
 def run_times(steps_by_seed, times, evaluation):
-    """One row per run: {seed, step, remaining_ratio, run_dir, wall_minutes, cpu_minutes, resumed,
-    evaluation_minutes}; runs without a recorded time (finished before times were kept) have None."""
+    """One row per run: {seed, step, remaining_ratio, run_dir, wall_minutes, cpu_minutes, resumed, threads,
+    evaluation_minutes}; runs without a recorded time (finished before times were kept) have None, and runs that did
+    not record their TensorFlow threads (0: TensorFlow's default) None threads."""
     rows = []
     for seed, steps in steps_by_seed.items():
         for step in steps:
@@ -68,7 +69,7 @@ def run_times(steps_by_seed, times, evaluation):
                 seconds = evaluation.get(run_dir, {}).get("seconds")
                 rows.append({"seed": seed, "step": step.name, "remaining_ratio": ratio, "run_dir": run_dir,
                              "wall_minutes": minutes("wall_seconds"), "cpu_minutes": minutes("cpu_seconds"),
-                             "resumed": found.get("resumed"),
+                             "resumed": found.get("resumed"), "threads": found.get("threads"),
                              "evaluation_minutes": None if seconds is None else seconds / 60})
     return rows
 
@@ -193,19 +194,27 @@ def _verdict_counts(claim_rows):
         f"{counts[verdict]} {verdict}" for verdict in contrasts.VERDICTS) + "."
 
 
+def threads_text(threads):
+    """A run's recorded TensorFlow threads as a table cell: "-" when not recorded, "default" for TensorFlow's."""
+    return "-" if threads is None else "default" if threads == 0 else str(threads)
+
+
 def _time_lines(times):
     if not times:
         return []
     minutes = lambda value: "-" if value is None else f"{value:.1f}"  # noqa: E731
     lines = ["", "## Run times", "",
              "Wall and process CPU minutes of the call that finished each run (resumed: it continued a run an "
-             "earlier call had started, whose time is not counted), and of its evaluation.", "",
-             "| seed | run | ratio | wall min | CPU min | resumed | evaluation min |", "|---|---|---|---|---|---|---|"]
+             "earlier call had started, whose time is not counted; threads: its TensorFlow threads), and of its "
+             "evaluation.", "",
+             "| seed | run | ratio | wall min | CPU min | resumed | threads | evaluation min |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in times:
         ratio = "-" if row["remaining_ratio"] is None else f"{row['remaining_ratio']:g}"
         resumed = {None: "-", True: "yes", False: "no"}[row["resumed"]]
         lines.append(f"| {row['seed']} | {row['step']} | {ratio} | {minutes(row['wall_minutes'])} | "
-                     f"{minutes(row['cpu_minutes'])} | {resumed} | {minutes(row['evaluation_minutes'])} |")
+                     f"{minutes(row['cpu_minutes'])} | {resumed} | {threads_text(row.get('threads'))} | "
+                     f"{minutes(row['evaluation_minutes'])} |")
     return lines
 
 

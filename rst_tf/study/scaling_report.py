@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from rst_tf.measuring import contrasts
+from rst_tf.study import report
 
 CLOSE_POINTS = 3.0
 CHANCE = 0.1
@@ -113,9 +114,9 @@ def width_claims(results, width):
         note = PAPER_PROTOCOL_NOTE if protocol == "paper" else ""
         terms = []
         for s in seeds:
-            report = results.r2s(width, s, protocol)
-            best = max(report["tickets"], key=lambda row: row["attacked"])
-            terms.append([(1.0, report["r2s_correct"]["vanilla"]),
+            r2s_of_seed = results.r2s(width, s, protocol)
+            best = max(r2s_of_seed["tickets"], key=lambda row: row["attacked"])
+            terms.append([(1.0, r2s_of_seed["r2s_correct"]["vanilla"]),
                           (-1.0, best["attacked_correct"][:results.r2s_examples(width, s, protocol)])])
         rows.append(_row(f"width {width:g}", f"R2S beats its best single ticket under the vanilla attack "
                          f"({_robust_label(results, protocol)})", "R2S minus best single ticket", ">", 0.0, terms,
@@ -297,10 +298,10 @@ def markdown(command, scale, rows, table, figure_file, times, notes, checks=()):
                   f"| {row['broken_by_standard_not_fast']} | {row['broken_by_fast_not_standard']} |" for row in checks]
         lines.append("")
     if times:
-        lines += ["## Run times", "", "| run | wall min | CPU min | resumed |", "|---|---|---|---|"]
+        lines += ["## Run times", "", "| run | wall min | CPU min | resumed | threads |", "|---|---|---|---|---|"]
         for run_dir, row in times.items():
             lines.append(f"| {run_dir} | {row['wall_seconds'] / 60:.1f} | {row['cpu_seconds'] / 60:.1f} | "
-                         f"{'yes' if row['resumed'] else 'no'} |")
+                         f"{'yes' if row['resumed'] else 'no'} | {report.threads_text(row.get('threads'))} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -340,7 +341,7 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
         "seed, so the seeds are its replicates. \"holds\": the interval lies on the claim's side of its margin; "
         "\"does not hold\": wholly on the other side; else \"undecided at this scale\"."]
     checks = autoattack_check(measured)
-    r2s_examples = sorted({len(report["r2s_correct"]["vanilla"]) for report in measured["r2s"].values()})
+    r2s_examples = sorted({len(r2s_of_seed["r2s_correct"]["vanilla"]) for r2s_of_seed in measured["r2s"].values()})
     if r2s_examples and r2s_examples != [test_examples]:
         scale["R2S test images"] = ", ".join(map(str, r2s_examples)) + " (the first of the test images)"
         notes += ["", "R2S is measured on the first test images only (above); every claim that involves it pairs it "
