@@ -39,7 +39,8 @@ def main():
     separate = []
     for run_dir in args.separate:
         config, final = _read(run_dir, "config.json"), _read(run_dir, "metrics.json")["final"]
-        separate.append({"remaining_ratio": config["remaining_ratio"], "natural": final["best"]["test_natural_accuracy"],
+        separate.append({"remaining_ratio": config["remaining_ratio"],
+                         "natural": final["best"]["test_natural_accuracy"],
                          "robust": final["best"]["test_pgd20_accuracy"], "run_dir": run_dir,
                          "train_seconds": sum(row["seconds"] for row in _read(run_dir, "metrics.json")["epochs"])})
     nested_seconds = sum(row["seconds"] for row in _read(args.nested, "metrics.json")["epochs"])

@@ -107,7 +107,8 @@ def main():
         # The cost model: every run of the width the study has finished and timed in one piece, any seed.
         dense_seconds, rst_seconds = _timed_runs(timed, args.study_dir, width)
         dense_seconds = dense_seconds or ([] if cpu_seconds is None else [cpu_seconds])
-        train_ms[f"{width:g}"] = 1000 * sum(dense_seconds) / len(dense_seconds) / image_epochs if dense_seconds else None
+        train_ms[f"{width:g}"] = (1000 * sum(dense_seconds) / len(dense_seconds) / image_epochs
+                                  if dense_seconds else None)
         if rst_seconds:
             train_rst_ms[f"{width:g}"] = 1000 * sum(rst_seconds) / len(rst_seconds) / image_epochs
         eval_ms[f"{width:g}"] = _eval_cpu_ms(run_dir, args.data_dir, args.eval_examples)

@@ -3,14 +3,16 @@
     python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg
     python bin/reproduce.py --flagfile=flags/reproduce/cpu.cfg --dry_run   # list the runs, in order
 
-Runs, for each of --seeds under --output_dir/seed_<seed>: the dense_at and natural sources, the RST sweep over --remaining_ratios, its fine-tuned
-sweeps (inherited and re-init weights), natural and adversarial RTT sweeps, and the transfer study (dense_at on
-classes 0-4; an RTT over it and an RST on classes 5-9). Then PGD-20 at each --eval_epsilons of every best
-checkpoint (PGD of --pgd_protocol) on one test set, and each seed's transfer matrix between its RSTs and R2S over
-them under both PGD protocols; each claim's verdict comes from its seed-paired difference and 95% interval. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON in <report>.json.
-The same command again skips finished work and continues killed runs. --executor=ray trains the runs as Ray tasks
-(on this machine, or a cluster with --ray_address; the evaluations run in this process). The bin/search flags set the scale; --mode,
---remaining_ratio, --init_from, --finetune_weights, --reinit_classifier and --class_subset are set per run.
+Runs, for each of --seeds under --output_dir/seed_<seed>: the dense_at and natural sources, the RST sweep over
+--remaining_ratios, its fine-tuned sweeps (inherited and re-init weights), natural and adversarial RTT sweeps, and
+the transfer study (dense_at on classes 0-4; an RTT over it and an RST on classes 5-9). Then PGD-20 at each
+--eval_epsilons of every best checkpoint (PGD of --pgd_protocol) on one test set, and each seed's transfer matrix
+between its RSTs and R2S over them under both PGD protocols; each claim's verdict comes from its seed-paired
+difference and 95% interval. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON
+in <report>.json. The same command again skips finished work and continues killed runs. --executor=ray trains the
+runs as Ray tasks (on this machine, or a cluster with --ray_address; the evaluations run in this process). The
+bin/search flags set the scale; --mode, --remaining_ratio, --init_from, --finetune_weights, --reinit_classifier and
+--class_subset are set per run.
 """
 import os
 import shlex
@@ -191,11 +193,13 @@ def _print_cost(scaling, planned, config, ratios):
         print(f"over the budget by {found['total_cpu_minutes'] - found['budget_cpu_minutes']:.0f} CPU minutes")
     if recorded:
         left = {unit: steps for unit, steps in planned.items() if unit not in recorded}
-        minutes = scaling.estimate(cost, left, config.train_examples, config.epochs, FLAGS.study_test_examples,
-                                   len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
-                                   reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
-                                   epsilon=float(FLAGS.eval_epsilons[0]),
-                                   reference_unit=scaling.reference_unit_of(planned))["total_cpu_minutes"] if left else 0
+        minutes = 0
+        if left:
+            minutes = scaling.estimate(cost, left, config.train_examples, config.epochs, FLAGS.study_test_examples,
+                                       len(ratios), r2s_test_examples=FLAGS.r2s_test_examples or None,
+                                       reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
+                                       epsilon=float(FLAGS.eval_epsilons[0]),
+                                       reference_unit=scaling.reference_unit_of(planned))["total_cpu_minutes"]
         print(f"recorded in {FLAGS.records_dir}: " + ", ".join(f"width {w:g} seed {s}" for w, s in recorded)
               + f"; left: {len(left)} of {len(planned)} (width, seed)s, {minutes:.0f} CPU minutes")
 

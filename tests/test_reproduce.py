@@ -137,7 +137,8 @@ def test_claims_hold_for_paper_like_results_from_two_agreeing_seeds(tmp_path):
 def test_claims_that_the_results_contradict_do_not_hold(tmp_path):
     contradicting = dict(PAPER_LIKE, rst=_by_ratio(0.20, 0.21, 0.22, 0.20),
                          finetune_inherited=_by_ratio(0.30, 0.30, 0.30, 0.30),
-                         finetune_reinit=_by_ratio(0.35, 0.35, 0.35, 0.35), rtt_natural=_by_ratio(0.33, 0.33, 0.33, 0.33),
+                         finetune_reinit=_by_ratio(0.35, 0.35, 0.35, 0.35),
+                         rtt_natural=_by_ratio(0.33, 0.33, 0.33, 0.33),
                          rtt_adversarial=_by_ratio(0.10, 0.10, 0.10, 0.10), task_b_rtt={0.1: 0.4})
     results, _ = _study(tmp_path, contradicting, transfer=((0.40, 0.10), (0.10, 0.40)), r2s_vanilla=0.10)
     verdicts = _verdicts(claims.claims(results, ("standard",)))
@@ -249,8 +250,9 @@ def test_dry_run_lists_the_plan_of_the_cpu_flagfile():
     assert rows[2][4] == "ratios=0.05,0.2,0.5" and rows[3][4] == "ratios=0.05,0.2"
 
 
-@pytest.mark.parametrize("flag", ["--remaining_ratios=0.1,2", "--eval_epsilons=0", "--transfer_ratio=3", "--seeds=0,0",
-                                  "--seeds=a", "--network=nope", "--flagfile=flags/missing.cfg", "--pgd_protocol=official"])
+@pytest.mark.parametrize("flag", ["--remaining_ratios=0.1,2", "--eval_epsilons=0", "--transfer_ratio=3",
+                                  "--seeds=0,0", "--seeds=a", "--network=nope", "--flagfile=flags/missing.cfg",
+                                  "--pgd_protocol=official"])
 def test_bad_flags_give_one_error_line(flag):
     result = _app(flag, "--dry_run")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -365,8 +365,8 @@ def targeted_on(model_fn, images, labels, robust, targets, epsilon, steps, seed=
     Eagerly, the targets run in that turn: each call (`run_until_fooled`) on the examples still robust, several
     targets batched (rows grouped by example) only while those are fewer than `core.MIN_ROWS_PER_CALL` rows
     (`core.targets_per_call`). An example fooled by a target so never costs a pass towards a later one, and a
-    call's rows stay few; `run` (default `runner`'s with the targeted DLR loss, traced for any batch) runs every call. In a graph,
-    the targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
+    call's rows stay few; `run` (default `runner`'s with the targeted DLR loss, traced for any batch) runs every call.
+    In a graph, the targets run batched, in groups of at most `max_rows` rows, each on the examples still robust.
 
     `run`: ``run(images, labels, start, targets, groups, num_groups) -> (found, fooled)``.
 

@@ -148,10 +148,11 @@ def claim_list(protocols, growth=True):
         Claim("§5.1", "Inherited weights fine-tune better than re-initialised ones at 5-20% (RSTs win a better "
               "initialisation)", "fine-tuned (inherited) minus fine-tuned (re-init), mean over 5-20%", ">", 0.0,
               _difference("finetune_inherited", "finetune_reinit", low)),
-        Claim("§5.2", "Adversarial RTTs are more robust than RSTs", "adversarial RTT minus RST, mean over the compared ratios",
-              ">", 0.0, _difference("rtt_adversarial", "rst", every)),
-        Claim("§5.2", "RSTs are more robust than natural RTTs", "RST minus natural RTT, mean over the compared ratios", ">", 0.0,
-              _difference("rst", "rtt_natural", every)),
+        Claim("§5.2", "Adversarial RTTs are more robust than RSTs",
+              "adversarial RTT minus RST, mean over the compared ratios", ">", 0.0,
+              _difference("rtt_adversarial", "rst", every)),
+        Claim("§5.2", "RSTs are more robust than natural RTTs", "RST minus natural RTT, mean over the compared ratios",
+              ">", 0.0, _difference("rst", "rtt_natural", every)),
     ]
     if growth:
         found.append(Claim("§5.3", "The RST - natural RTT gap grows under a larger ε (Fig. 6; runs searched at the "

@@ -1,5 +1,6 @@
 """Where a study's runs execute: one after another in this process (`LocalExecutor`), or as Ray tasks on a cluster
-(`ray_executor.RayExecutor`, which imports Ray). Both call `run_job` on every job, so a run's files are the same under either.
+(`ray_executor.RayExecutor`, which imports Ray). Both call `run_job` on every job, so a run's files are the same
+under either.
 
     jobs = [executors.Job("rst/ratio_0.05", config, "runs/study/rst/ratio_0.05"), ...]
     executors.LocalExecutor().run(jobs, "runs/study", on_done=lambda job, times: ...)

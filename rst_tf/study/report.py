@@ -143,14 +143,16 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "Checkpoints: each run's best epoch by validation PGD accuracy on images held out of the training "
              "set. The official code selects its checkpoint on the test set, which flatters every figure a little.",
              "",
-             f"Verdicts: each claim is a difference between settings, formed per seed (seeds {', '.join(map(str, seeds))}) "
-             "from per-example results on the shared test images. Its 95% interval combines the seeds' disagreement "
+             "Verdicts: each claim is a difference between settings, formed per seed "
+             f"(seeds {', '.join(map(str, seeds))}) from per-example results on the shared test images. Its 95% "
+             "interval combines the seeds' disagreement "
              "(sample variance of the per-seed differences, Student's t at S - 1 degrees of freedom) and test-set "
              "sampling (variance over images of the seed-mean difference), added in quadrature "
              "(`rst_tf/measuring/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
              "## Claims", "", _verdict_counts(claim_rows), "",
-             "| § | claim | rule | difference, points [95% interval] | per seed | verdict |", "|---|---|---|---|---|---|"]
+             "| § | claim | rule | difference, points [95% interval] | per seed | verdict |",
+             "|---|---|---|---|---|---|"]
     for row in claim_rows:
         text, per_seed = _points_text(row)
         claim = row["claim"] + (f" ({row['protocol']} PGD)" if row["protocol"] else "")

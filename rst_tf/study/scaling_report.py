@@ -98,8 +98,9 @@ def width_claims(results, width):
         rows.append(_row(
             f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, robust "
             f"({_robust_label(results, protocol)})", "RST minus dense AT", ">", -CLOSE_POINTS / 100,
-            [[(1.0, results.correct(width, s, ratio, protocol)), (-1.0, results.correct(width, s, "dense_at", protocol))]
-             for s in seeds], width=width, kind="rst_minus_dense_robust", protocol=protocol))
+            [[(1.0, results.correct(width, s, ratio, protocol)),
+              (-1.0, results.correct(width, s, "dense_at", protocol))] for s in seeds],
+            width=width, kind="rst_minus_dense_robust", protocol=protocol))
     rows.append(_row(
         f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, natural",
         "RST minus dense AT", ">", -CLOSE_POINTS / 100,
@@ -324,9 +325,9 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
              "remaining ratios": ", ".join(f"{r:g}" for r in results.ratios),
              "seeds": ", ".join(map(str, results.seeds)), "test images": test_examples}
     notes = [
-        f"Robust accuracy: PGD-20 at {epsilon:g}/255 of each run's best checkpoint (validation PGD accuracy on held-out "
-        "training images), on one test set shared by every run and seed; an example counts as robust only if its "
-        "clean image is classified correctly too. Protocols: " + "; ".join(
+        f"Robust accuracy: PGD-20 at {epsilon:g}/255 of each run's best checkpoint (validation PGD accuracy on "
+        "held-out training images), on one test set shared by every run and seed; an example counts as robust only "
+        "if its clean image is classified correctly too. Protocols: " + "; ".join(
             f"{name}: {text}" for name, text in PROTOCOL_TEXT.items()) + ". The worst case counts an example as "
         "robust only if it survives every attack measured on it.",
         "",
