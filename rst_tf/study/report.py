@@ -58,8 +58,8 @@ def figures(results, attack_steps, pgd_protocol, protocols):
 
 def run_times(steps_by_seed, times, evaluation):
     """One row per run: {seed, step, remaining_ratio, run_dir, wall_minutes, cpu_minutes, resumed, threads,
-    evaluation_minutes}; runs without a recorded time (finished before times were kept) have None, and runs that did
-    not record their TensorFlow threads (0: TensorFlow's default) None threads."""
+    evaluation_minutes}; threads: the run's TensorFlow threads (0: TensorFlow's default). A figure the run did not
+    record (times from before they were kept, threads from before they were) is None."""
     rows = []
     for seed, steps in steps_by_seed.items():
         for step in steps:
@@ -145,9 +145,9 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "",
              "Verdicts: each claim is a difference between settings, formed per seed "
              f"(seeds {', '.join(map(str, seeds))}) from per-example results on the shared test images. Its 95% "
-             "interval combines the seeds' disagreement "
-             "(sample variance of the per-seed differences, Student's t at S - 1 degrees of freedom) and test-set "
-             "sampling (variance over images of the seed-mean difference), added in quadrature "
+             "interval combines the seeds' disagreement (sample variance of the per-seed differences, Student's t "
+             "at S - 1 degrees of freedom) and test-set sampling (variance over images of the seed-mean "
+             "difference), added in quadrature "
              "(`rst_tf/measuring/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
              "## Claims", "", _verdict_counts(claim_rows), "",
