@@ -74,6 +74,9 @@ flags.DEFINE_string("records_dir", "", "Scaling study: keep each wholly measured
                     "(one JSON file each), and read back those recorded with the same settings instead of training "
                     "and measuring them again: the study continues on another machine without its runs. Empty: no "
                     "records.")
+flags.DEFINE_bool("report_recorded", False, "Scaling study: write the report of the study so far from --records_dir "
+                  "alone (the recorded (width, seed)s, every seed at every width it has), training and measuring "
+                  "nothing; needs neither the runs nor the data.")
 flags.DEFINE_enum("stop_after", "report", ["train", "evaluate", "report"], "Scaling study: stop after training "
                   "the runs, after evaluating them, or run the whole study.")
 flags.DEFINE_enum("pgd_protocol", "standard", ["standard", "paper"], "PGD of the robust accuracies: standard (step "
@@ -91,6 +94,8 @@ def main(argv):
     from rst_tf.study import reproduce
 
     config = config_from_flags()
+    if FLAGS.report_recorded and FLAGS.study != "scaling":
+        common.fail("--report_recorded is for --study=scaling")
     if FLAGS.study == "scaling":
         _scaling(config)
         return
@@ -143,6 +148,19 @@ def _scaling(config):
         planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
         if FLAGS.records_dir and os.path.exists(FLAGS.records_dir) and not os.path.isdir(FLAGS.records_dir):
             common.fail(f"--records_dir {FLAGS.records_dir} is not a folder")
+        if FLAGS.report_recorded:
+            if FLAGS.dry_run:
+                common.fail("--report_recorded and --dry_run: choose one")
+            if not FLAGS.records_dir or not os.path.isdir(FLAGS.records_dir):
+                common.fail(f"--report_recorded reads --records_dir, which is not a folder: {FLAGS.records_dir!r}")
+            command = " ".join(shlex.quote(arg) for arg in ["bin/reproduce", *sys.argv[1:]])
+            results = scaling.report_recorded(
+                config, widths, ratios, FLAGS.output_dir, FLAGS.report, seeds, FLAGS.records_dir,
+                test_examples=FLAGS.study_test_examples, epsilon=float(FLAGS.eval_epsilons[0]), command=command,
+                r2s_test_examples=FLAGS.r2s_test_examples or None,
+                reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
+            _print_claims(results)
+            return
         if FLAGS.dry_run:
             for width, seed, step in scaling.running_order(planned):
                 ratios_text = ",".join(f"{r:g}" for r in step.remaining_ratios) or "-"
@@ -164,11 +182,17 @@ def _scaling(config):
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")
         return
+    _print_claims(results)
+
+
+def _print_claims(results):
     for row in results["claims"]:
         low, high = row["interval"]
-        print(f"{row['verdict']}: {row['section']}: {row['claim']}: {100 * row['estimate']:+.1f} points "
-              f"[{100 * low:+.1f}, {100 * high:+.1f}]")
-    print(f"wrote {FLAGS.report}")
+        interval = "no interval (one seed)" if low != low else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+        print(f"{row['verdict']}: {row['section']}: {row['claim']}: {100 * row['estimate']:+.1f} points {interval}")
+    done = "" if results["complete"] else (f" (the study so far: {len(results['units']['reported'])} of "
+                                          f"{len(results['units']['planned'])} (width, seed)s)")
+    print(f"wrote {FLAGS.report}{done}")
 
 
 def _print_cost(scaling, planned, config, ratios):

@@ -3,6 +3,7 @@ across widths) from per-example results, the report, and evaluation and records 
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,14 @@ def test_bin_reproduce_rejects_bad_scaling_input_in_one_line_and_writes_nothing(
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert process.returncode == 2 and len(errors) == 1 and "--records_dir" in errors[0] and "not a folder" in errors[0]
     assert not output.exists() and not (tmp_path / "scaling.md").exists()
+    (tmp_path / "no_records").mkdir()
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "reproduce.py"), "--study=scaling", f"--output_dir={output}",
+         f"--report={tmp_path / 'scaling.md'}", f"--records_dir={tmp_path / 'no_records'}", "--report_recorded"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2 and len(errors) == 1 and "holds no (width, seed)" in errors[0]
+    assert not output.exists() and not (tmp_path / "scaling.md").exists()
 
 
 def test_the_cost_model_counts_every_run_at_its_width(tmp_path):
@@ -92,6 +101,18 @@ def test_the_cost_model_counts_every_run_at_its_width(tmp_path):
     at_12 = scaling.estimate(cost, planned, train_examples=1000, epochs=2, test_examples=600, num_ratios=2,
                              r2s_test_examples=300, reference_autoattack_examples=100, epsilon=12.0)
     assert at_12["parts"]["pgd"] == pytest.approx(2 * parts["pgd"])
+
+
+@pytest.mark.parametrize("recorded, grid", [
+    ([], []),
+    ([(1, 0)], [(1, 0)]),
+    ([(1, 0), (1, 1), (1, 2), (2, 0)], [(1, 0), (1, 1), (1, 2)]),  # 3 units at one width beat 2 at two
+    ([(1, 0), (1, 1), (1, 2), (2, 0), (2, 2)], [(1, 0), (1, 2), (2, 0), (2, 2)]),  # 4 at two widths beat 3 at one
+    ([(1, 0), (1, 1), (2, 0), (2, 1), (4, 1)], [(1, 0), (1, 1), (2, 0), (2, 1)]),
+    ([(2, 0), (2, 1)], [(2, 0), (2, 1)])])  # a width without records is left out
+def test_a_report_of_the_study_so_far_covers_the_largest_grid_of_recorded_units(recorded, grid):
+    units = [(width, seed) for width in (1, 2, 4) for seed in (0, 1, 2)]
+    assert scaling.recorded_grid(units, recorded) == grid
 
 
 def test_slope_weights_recover_a_linear_trend_in_log2_width():
@@ -255,9 +276,9 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     widths, ratios, seeds = (0.0625,), (0.1, 0.2), (0, 1)
     first, records = str(tmp_path / "first" / "runs"), str(tmp_path / "docs" / "records")
     planned = _stand_in_study(config, widths, ratios, first, seeds)
-    # One-step attacks stand in for the AutoAttacks; the standard PGD protocol only.
+    # One-step attacks stand in for the AutoAttacks; both PGD protocols (the paper's read off the standard one).
     options = dict(test_examples=8, batch_size=8, r2s_test_examples=4, reference_autoattack_examples=4,
-                   autoattack=("fgsm",), reference_autoattack="fgsm_rs", protocols=("standard",),
+                   autoattack=("fgsm",), reference_autoattack="fgsm_rs", protocols=("standard", "paper"),
                    records_dir=records, stop_after="evaluate")
     messages = []
     assert scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
@@ -281,7 +302,7 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     test_sets = measure.TestSets(cifar10_path, 8, test_seed=0, test_examples=8)
     messages = []
     measured = scaling.evaluate(planned, first, test_sets, 8.0, 1, log=messages.append, autoattack=("fgsm",),
-                                reference_autoattack="fgsm_rs", protocols=("standard",), r2s_test_examples=4,
+                                reference_autoattack="fgsm_rs", protocols=("standard", "paper"), r2s_test_examples=4,
                                 reference_autoattack_examples=4)
     assert not any(message.startswith("evaluated") for message in messages)
     subject = planned[0.0625, 0][1].run_dirs()[-1]  # the RST at 20% of the widest width's first seed
@@ -313,8 +334,34 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
         ours, theirs = (open(os.path.join(folder, name)).read() for folder in (first, second))
         assert json.loads(theirs.replace(second, first)) == json.loads(ours)
 
+    # The report of the study so far, from the records alone: no runs, no data, nothing written but the report.
+    # Every (width, seed) recorded: the claims are those of the measurements the records were made from.
+    third, report = str(tmp_path / "third" / "runs"), str(tmp_path / "third" / "docs" / "scaling.md")
+    recorded_options = {key: value for key, value in options.items() if key not in ("batch_size", "stop_after")}
+    found = scaling.report_recorded(dataclasses.replace(config, data_dir=str(tmp_path / "no data")), widths, ratios,
+                                    third, report, seeds, log=messages.append, **recorded_options)
+    assert not os.path.exists(third) and found["complete"] and found["seeds"] == [0, 1]
+    whole = scaling_report.write(planned, measured, {}, config, str(tmp_path / "whole.md"), "", 8.0, 8)
+    assert json.loads(json.dumps(found["claims"]).replace(third, first)) == json.loads(json.dumps(whole["claims"]))
+    assert "A study in progress" not in open(report).read()
+    # One seed recorded: the report covers it, says so, and decides nothing.
+    partial = tmp_path / "partial_records"
+    partial.mkdir()
+    shutil.copy(os.path.join(records, "width_0.0625_seed_0.json"), partial)
+    recorded_options["records_dir"] = str(partial)
+    found = scaling.report_recorded(config, widths, ratios, third, report, seeds, **recorded_options)
+    assert not found["complete"] and found["units"]["reported"] == [[0.0625, 0]] and found["seeds"] == [0]
+    assert {row["verdict"] for row in found["claims"]} == {"undecided at this scale"}
+    assert "**A study in progress:** 1 of its 2 (width, seed)s are recorded" in open(report).read()
+    assert json.load(open(report.replace(".md", ".json")))["units"]["planned"] == [[0.0625, 0], [0.0625, 1]]
+    os.remove(os.path.join(partial, "width_0.0625_seed_0.json"))
+    os.remove(report)
+    with pytest.raises(ValueError, match="holds no \\(width, seed\\)"):
+        scaling.report_recorded(config, widths, ratios, third, report, seeds, **recorded_options)
+    assert not os.path.exists(report)
+
     # A record made with other settings does not count: a changed regime or evaluation trains and measures again.
-    unit, attacks = (0.0625, 1), (("fgsm",), "fgsm_rs", ("standard",))
+    unit, attacks = (0.0625, 1), (("fgsm",), "fgsm_rs", ("standard", "paper"))
     assert scaling_records.load(records, unit, scaling.unit_settings(planned, unit, first, 8, 8.0, 4, 4, *attacks))
     longer = scaling.plan(dataclasses.replace(config, epochs=config.epochs + 1), widths, ratios, first, seeds)
     assert not scaling_records.load(records, unit, scaling.unit_settings(longer, unit, first, 8, 8.0, 4, 4, *attacks))

@@ -380,4 +380,66 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
         return None
     measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))
-    return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples)
+    order = unit_order(planned)
+    return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
+                                units={"planned": order, "recorded": order, "reported": order})
+
+
+def recorded_grid(units, recorded):
+    """The (width, seed)s that a report of a study in progress covers, from the `recorded` ones of `units` (in
+    `unit_order`): the first n widths that have a record, with the seeds recorded at every one of them. Of these
+    grids, the one with the most (width, seed)s, and of those the one with more widths (a trend needs two); [] if
+    nothing is recorded."""
+    recorded = set(recorded)
+    widths = [w for w in dict.fromkeys(w for w, _ in units) if any((w, s) in recorded for _, s in units)]
+    seeds = list(dict.fromkeys(s for _, s in units))
+    best = []
+    for count in range(1, len(widths) + 1):
+        kept = [s for s in seeds if all((w, s) in recorded for w in widths[:count])]
+        grid = [(w, s) for w in widths[:count] for s in kept]
+        if grid and len(grid) >= len(best):
+            best = grid
+    return best
+
+
+def report_recorded(config, widths, remaining_ratios, output_dir, report_path, seeds, records_dir,
+                    test_examples=10000, epsilon=8.0, command="", log=print, r2s_test_examples=None,
+                    reference_autoattack_examples=None, autoattack=("autoattack_fast",),
+                    reference_autoattack="autoattack", protocols=None):
+    """The report of a study in progress, from its records alone: the (width, seed)s recorded in `records_dir`
+    with the study's settings (as `run` would read them back), on the grid of them that `recorded_grid` picks.
+    Trains, measures and reads nothing else and writes only the report (`scaling_report.write`, which marks it as
+    interim until every (width, seed) is in it); needs neither the runs nor the data. Returns the report's JSON
+    content; ValueError (one line, nothing written) if no (width, seed) is recorded with these settings."""
+    from rst_tf import attacks
+    from rst_tf.study import scaling_records
+    from rst_tf.study import scaling_report
+
+    planned = plan(config, widths, remaining_ratios, output_dir, seeds)
+    protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
+    records = {}
+    for unit in unit_order(planned):
+        settings = unit_settings(planned, unit, output_dir, test_examples, epsilon, r2s_test_examples,
+                                 reference_autoattack_examples, autoattack, reference_autoattack, protocols)
+        record = scaling_records.load(records_dir, unit, settings)
+        if record:
+            records[unit] = record
+            log(f"width {unit[0]:g} seed {unit[1]}: recorded in {scaling_records.record_path(records_dir, unit)}")
+    if not records:
+        raise ValueError(f"--records_dir {records_dir} holds no (width, seed) of this study recorded with its "
+                         "settings")
+    grid = recorded_grid(unit_order(planned), records)
+    measured = {"evaluation": {protocol: {} for protocol in protocols}, "r2s": {}, "autoattack": {}}
+    times = {}
+    for unit in grid:
+        found = scaling_records.measurements(records[unit], output_dir)
+        for protocol in protocols:
+            measured["evaluation"][protocol].update(found[cache_name("evaluation", protocol)])
+            r2s_name = os.path.relpath(os.path.join(reproduce.seed_dir(width_dir(output_dir, unit[0]), unit[1]),
+                                                    cache_name("r2s", protocol)), output_dir)
+            measured["r2s"][unit[0], unit[1], protocol] = found[r2s_name]
+        measured["autoattack"].update(found.get("autoattack.json", {}))
+        times.update(found.get("run_times.json", {}))
+    part = {unit: steps for unit, steps in planned.items() if unit in grid}
+    return scaling_report.write(part, measured, times, config, report_path, command, epsilon, test_examples,
+                                units={"planned": unit_order(planned), "recorded": list(records), "reported": grid})

@@ -4,6 +4,7 @@ study continues on another machine, or after its runs are gone, without training
     record = scaling_records.settings_of(runs, evaluation, output_dir)
     scaling_records.save(records_dir, (0.125, 1), record, caches, output_dir)      # once it is measured
     scaling_records.restore(records_dir, (0.125, 1), record, output_dir)           # True: nothing left to do
+    scaling_records.measurements(scaling_records.load(records_dir, (0.125, 1), record), output_dir)  # read only
 
 One JSON file per (width, seed), `width_<w>_seed_<s>.json`: `settings` (every run's configuration but its data
 folder and strategy, and the evaluation's settings) and `caches` (the entries of the study's cache files that
@@ -77,6 +78,13 @@ def load(records_dir, unit, settings):
     """The record of `unit` if `records_dir` holds one made with `settings` (as `settings_of` gives), else None."""
     found = run_files.read_json(record_path(records_dir, unit)) if records_dir else {}
     return found if found and found.get("settings") == settings else None
+
+
+def measurements(record, output_dir):
+    """A record's results without writing anything: {cache file name, relative to the output folder: its entries
+    for the record's runs (by run folder), or the file's whole content}, run paths joined to `output_dir`."""
+    return {name: absolute(entries["content"] if entries.get("whole") else entries["by_run"], output_dir)
+            for name, entries in record["caches"].items()}
 
 
 def restore(records_dir, unit, settings, output_dir):

@@ -269,8 +269,36 @@ def _verdict_counts(rows):
     return f"Of {len(rows)} claims: " + ", ".join(f"{counts[v]} {v}" for v in contrasts.VERDICTS) + "."
 
 
-def markdown(command, scale, rows, table, figure_file, times, notes, checks=()):
-    lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "",
+def _units_text(units):
+    return ", ".join(f"width {width:g} seed {seed}" for width, seed in units)
+
+
+def interim_lines(units):
+    """The note at the top of a report of a study in progress (`units`: planned, recorded and reported
+    (width, seed)s); none once every planned one is reported."""
+    planned, recorded, reported = (list(map(tuple, units[key])) for key in ("planned", "recorded", "reported"))
+    if reported == planned:
+        return []
+    widths = sorted({width for width, _ in reported})
+    seeds = list(dict.fromkeys(seed for _, seed in reported))
+    lines = [f"**A study in progress:** {len(recorded)} of its {len(planned)} (width, seed)s are recorded "
+             f"({_units_text(recorded)}). This report covers {len(reported)} of them, every seed at every width it "
+             f"has: width{'s' if len(widths) > 1 else ''} {', '.join(f'{w:g}' for w in widths)}, seed"
+             f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}."]
+    if len(seeds) < 2:
+        lines[0] += " With one seed a claim has no interval and is undecided."
+    if len(widths) < 2:
+        lines[0] += " The trend across widths needs two widths: it is not claimed yet."
+    left = [unit for unit in recorded if unit not in reported]
+    if left:
+        lines[0] += f" Recorded but not in this report's grid: {_units_text(left)}."
+    lines[0] += (" The study continues with its command without `--report_recorded`, and its final report replaces "
+                 "this one.")
+    return lines + [""]
+
+
+def markdown(command, scale, rows, table, figure_file, times, notes, checks=(), status=()):
+    lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
              "Command:", "", "```sh", command, "```", "",
              "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
     lines += notes + ["", "## Claims", "", _verdict_counts(rows), "",
@@ -307,9 +335,11 @@ def markdown(command, scale, rows, table, figure_file, times, notes, checks=()):
     return "\n".join(lines)
 
 
-def write(planned, measured, times, config, report_path, command, epsilon, test_examples):
+def write(planned, measured, times, config, report_path, command, epsilon, test_examples, units=None):
     """The report at `report_path`, its figure in <report>_figures/gap.png, and <report>.json (widths, seeds,
-    test_examples, claims: [{claim, estimate, interval, verdict, ...}], accuracy, scale)."""
+    test_examples, claims: [{claim, estimate, interval, verdict, ...}], accuracy, scale). `units` ({planned,
+    recorded, reported: [(width, seed)]}, default: `planned`'s, all of them) says how much of the study the report
+    covers; the JSON's `complete` is whether it covers every planned (width, seed)."""
     from rst_tf.training import run_dir as run_files
 
     results = Measured(planned, measured, epsilon)
@@ -347,11 +377,13 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
         scale["R2S test images"] = ", ".join(map(str, r2s_examples)) + " (the first of the test images)"
         notes += ["", "R2S is measured on the first test images only (above); every claim that involves it pairs it "
                   "with the other runs' results on those same images."]
-    text = markdown(command, scale, rows, table, relative, times, notes, checks)
+    units = units or dict.fromkeys(("planned", "recorded", "reported"), list(planned))
+    units = {key: [[width, seed] for width, seed in value] for key, value in units.items()}
+    text = markdown(command, scale, rows, table, relative, times, notes, checks, interim_lines(units))
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
-             "scale": scale, "claims": rows, "accuracy": table, "autoattack_check": checks, "run_times": times}
+             "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows, "accuracy": table, "autoattack_check": checks, "run_times": times}
     run_files.write_json(stem + ".json", found)
     return found
