@@ -384,6 +384,7 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
-             "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows, "accuracy": table, "autoattack_check": checks, "run_times": times}
+             "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows,
+             "accuracy": table, "autoattack_check": checks, "run_times": times}
     run_files.write_json(stem + ".json", found)
     return found
