@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
-from rst_tf.study import scaling, scaling_report
+from rst_tf.study import executors, scaling, scaling_report
 from rst_tf.measuring import contrasts
 from rst_tf.training.config import SearchConfig
 
@@ -248,6 +249,42 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
 
 
+class TrainsElsewhere(executors.LocalExecutor):
+    """The local executor, declared to train elsewhere (as Ray does): the study measures in a background thread."""
+    trains_elsewhere = True
+
+
+def test_the_measurer_measures_in_turn_in_the_background_and_raises_a_failure_in_the_study():
+    measured, started, release = [], threading.Event(), threading.Event()
+    bad = (0.5, 9)
+
+    def measure(unit):
+        started.set()
+        release.wait(timeout=60)
+        if unit == bad:
+            raise ValueError("no checkpoint")
+        measured.append((unit, threading.current_thread().name))
+
+    measurer = scaling.Measurer(measure, log=lambda message: None)
+    measurer.submit((0.25, 0))
+    assert started.wait(timeout=60) and measured == []  # submit returned while the unit is being measured
+    measurer.submit((0.25, 1))
+    release.set()
+    measurer.finish()
+    assert measured == [((0.25, 0), "measure"), ((0.25, 1), "measure")]
+    messages = []
+    release.clear()
+    measurer = scaling.Measurer(measure, log=messages.append)
+    measurer.submit(bad)
+    measurer.submit((0.25, 2))  # not measured: the study stops at the failure
+    release.set()
+    with pytest.raises(ValueError, match="no checkpoint"):
+        measurer.finish()
+    with pytest.raises(ValueError, match="no checkpoint"):
+        measurer.submit((0.25, 3))
+    assert len(measured) == 2 and messages == ["width 0.5 seed 9: measuring failed: no checkpoint"]
+
+
 def _stand_in_study(config, widths, ratios, output_dir, seeds):
     """The plan, with every run a finished stand-in search (as `bin/search` leaves one)."""
     from tests import ticket_fixtures
@@ -294,6 +331,19 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     assert record["settings"]["evaluation"]["reference_autoattack"] == "fgsm_rs"  # the widest width's first seed
     assert "data_dir" not in record["settings"]["runs"]["./width_0.0625/seed_0/dense_at"]
     assert not any(first in open(os.path.join(records, name)).read() for name in os.listdir(records))
+
+    # With runs that train elsewhere (Ray), a unit is measured in a background thread beside the next runs: the
+    # records it makes are the same (here from the caches, so nothing is attacked again).
+    made = {name: json.load(open(os.path.join(records, name))) for name in os.listdir(records)}
+    shutil.rmtree(records)
+    threads = []
+    scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
+                log=lambda message: threads.append((message, threading.current_thread().name)),
+                executor=TrainsElsewhere(), **options)
+    for name, record in made.items():
+        assert dict(json.load(open(os.path.join(records, name))), recorded=None) == dict(record, recorded=None)
+    assert {thread for message, thread in threads if "measured, recorded in" in message} == {"measure"}
+    assert {thread for message, thread in threads if message.endswith("finished, skipped")} == {"MainThread"}
 
     # What was measured: every run, R2S on the first 4 images (the tickets alone from the runs' own evaluation),
     # the AutoAttack stand-in on dense AT and the RST at 20%, the reference on the first 4 images of one RST.

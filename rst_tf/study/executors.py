@@ -77,6 +77,7 @@ class LocalExecutor:
     """Every job in order, in this process."""
 
     name = "local"
+    trains_elsewhere = False  # a study measures a finished run's results between runs, not beside them
 
     def run(self, jobs, output_dir, on_done=None, progress=False, log=print):
         """Run `jobs` in order; `on_done(job, times)` after each (times: `run_job`'s result). `output_dir` is the

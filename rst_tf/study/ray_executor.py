@@ -101,6 +101,7 @@ class RayExecutor:
     this machine, "auto" or HOST:PORT joins a running cluster, ray://HOST:PORT connects through Ray Client."""
 
     name = "ray"
+    trains_elsewhere = True  # the runs train in Ray's worker processes: a study may measure meanwhile
 
     def __init__(self, address="", cpus_per_run=1.0, gpus_per_run=0.0, max_concurrent_runs=0, max_retries=3,
                  poll_seconds=2.0):

@@ -329,8 +329,9 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     of trained and measured. Then the report (`scaling_report`): markdown at `report_path`, figures in
     <report>_figures/, everything as JSON in <report>.json. Returns that JSON's content, or None when `stop_after`
     is "train" or "evaluate". `autoattack`, `reference_autoattack` and `protocols` are `evaluate`'s. The runs go
-    through `executor` (default: one after another here), the evaluation runs here. The same call continues a
-    killed study."""
+    through `executor` (default: one after another here), the evaluation runs here: after each unit's last run, or,
+    when the executor trains elsewhere (`trains_elsewhere`: Ray), in a background thread while the next runs train
+    (`Measurer`). The same call continues a killed study."""
     from rst_tf.study import measure
     from rst_tf.study import scaling_records
     from rst_tf.study import scaling_report
@@ -366,16 +367,23 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
                                         unit_caches(planned, unit, output_dir, protocols), output_dir)
             log(f"width {unit[0]:g} seed {unit[1]}: measured, recorded in {path}")
 
+    # Where the runs train in other processes (Ray), a trained unit is measured here beside the runs that follow.
+    measurer = Measurer(measure_unit, log) if getattr(executor, "trains_elsewhere", False) else None
+
     def trained(run_dir):
         for unit, waiting in untrained.items():
             if run_dir in waiting:
                 waiting.discard(run_dir)
-                if not waiting and stop_after != "train":
+                if not waiting and stop_after != "train" and measurer:
+                    measurer.submit(unit)
+                elif not waiting and stop_after != "train":
                     measure_unit(unit)
 
     named = [(f"width {width:g} seed {seed}: ", step) for width, seed in left for step in planned[width, seed]]
     reproduce.run_steps(named, output_dir, os.path.join(output_dir, "run_times.json"), executor, progress, log,
                         after_each=trained)
+    if measurer:
+        measurer.finish()
     if stop_after != "report":
         return None
     measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
@@ -383,6 +391,42 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     order = unit_order(planned)
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
                                 units={"planned": order, "recorded": order, "reported": order})
+
+
+class Measurer:
+    """Calls `measure(unit)` for each submitted unit, one after another in a background thread, so that the runs
+    that train elsewhere go on meanwhile. A failed measurement is logged at once and raised by the next `submit`
+    or by `finish` (which waits for the rest); the thread is a daemon, so a killed study does not wait for it."""
+
+    def __init__(self, measure, log=print):
+        import queue
+        import threading
+
+        self._measure, self._log, self._units, self._error = measure, log, queue.Queue(), None
+        self._thread = threading.Thread(target=self._work, name="measure", daemon=True)
+        self._thread.start()
+
+    def _work(self):
+        while (unit := self._units.get()) is not None:
+            if self._error is None:
+                try:
+                    self._measure(unit)
+                except BaseException as error:  # raised again in the study's thread
+                    self._error = error
+                    self._log(f"width {unit[0]:g} seed {unit[1]}: measuring failed: {error}")
+
+    def _check(self):
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, unit):
+        self._check()
+        self._units.put(unit)
+
+    def finish(self):
+        self._units.put(None)
+        self._thread.join()
+        self._check()
 
 
 def recorded_grid(units, recorded):
