@@ -10,7 +10,8 @@ the transfer study (dense_at on classes 0-4; an RTT over it and an RST on classe
 between its RSTs and R2S over them under both PGD protocols; each claim's verdict comes from its seed-paired
 difference and 95% interval. Writes --report (markdown), its figures in <report>_figures/ and every figure as JSON
 in <report>.json. The same command again skips finished work and continues killed runs. --executor=ray trains the
-runs as Ray tasks (on this machine, or a cluster with --ray_address; the evaluations run in this process). The
+runs as Ray tasks (on this machine, or a cluster with --ray_address; the evaluations run in this process, the
+scaling study's beside the runs that train meanwhile). The
 bin/search flags set the scale; --mode, --remaining_ratio, --init_from, --finetune_weights, --reinit_classifier and
 --class_subset are set per run.
 """
