@@ -228,8 +228,13 @@ def test_the_standard_autoattack_on_the_first_images_is_a_check_not_part_of_the_
 def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path):
     planned, measured = _synthetic(tmp_path / "runs", {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0}, autoattack=True)
     report = str(tmp_path / "docs" / "scaling.md")
-    times = {"runs/a": {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1},
-             "runs/b": {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True}}
+    dense, rst = planned[0.0625, 0]
+    times = {dense.output_dir: {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1},
+             rst.run_dirs()[0]: {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True}}
+    measured["evaluation"]["standard"][dense.output_dir]["seconds"] = 30.0
+    measured["evaluation"]["paper"][dense.output_dir]["seconds"] = 0.0  # read off the standard run
+    measured["autoattack"][dense.output_dir]["autoattack_fast"]["cpu_seconds"] = 600.0
+    measured["r2s"][0.0625, 0, "standard"]["cpu_seconds"] = 120.0
     found = scaling_report.write(planned, measured, times, SearchConfig(epochs=4), report,
                                  "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES)
     written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
@@ -243,8 +248,15 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert lines.index(counts) < next(i for i, line in enumerate(lines) if line.startswith("| where | claim"))
     assert "![RST minus dense AT against width](scaling_figures/gap.png)" in lines
     assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
-    assert lines[lines.index("| run | wall min | CPU min | resumed | threads |") + 2:][:2] == [
-        "| runs/a | 2.0 | 1.5 | no | 1 |", "| runs/b | 1.0 | 1.9 | yes | - |"]
+    header = "| run | wall min | CPU min | resumed | threads | PGD wall min | AutoAttack CPU min |"
+    assert lines[lines.index(header) + 2:][:3] == [
+        f"| {dense.output_dir} | 2.0 | 1.5 | no | 1 | 0.5 | autoattack_fast 10.0 |",
+        f"| {rst.run_dirs()[0]} | 1.0 | 1.9 | yes | - | - | - |",
+        f"| {rst.run_dirs()[1]} | - | - | - | - | - | - |"]
+    assert len(found["costs"]["runs"]) == 3 * 3 * 4 and found["costs"]["training_cpu_minutes"] == pytest.approx(3.4)
+    assert ("In all: training 3 CPU minutes over 36 runs (1 resumed, 34 not timed: their time is counted in part or "
+            "not at all), PGD evaluation 0 wall minutes, AutoAttack 10 CPU minutes, R2S 2 CPU minutes (17 of its 18 "
+            "measurements, one per (width, seed) and protocol, not timed).") in "\n".join(lines)
     dense = found["accuracy"]["0.125"]["dense AT"]
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
 

@@ -8,6 +8,7 @@ another order, is measured again.
 """
 import dataclasses
 import hashlib
+import time
 
 import numpy as np
 
@@ -161,7 +162,8 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     `run_dirs`), the tickets alone are taken from it instead of being attacked again.
 
     Returns {tickets: [{name, remaining_ratio, natural, attacked, attacked_correct}], r2s: {natural, <kind>...},
-    r2s_correct: {<kind>: packed}, best_single: {name, attacked}, num_examples, run_dirs, attack, test_seed}.
+    r2s_correct: {<kind>: packed}, best_single: {name, attacked}, num_examples, run_dirs, attack, test_seed,
+    seconds, cpu_seconds (wall and process CPU time of the measurement)}.
     """
     from rst_tf.deployment import r2s, tickets
 
@@ -176,6 +178,7 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
         return cached
     if tickets_measured and any(entry.get("test_set") != test_set for entry in tickets_measured):
         raise ValueError("the tickets' own results were measured on another test set than R2S's")
+    wall, cpu = time.time(), time.process_time()
     banks, _ = tickets.from_runs(list(run_dirs))
     (task, bank), = banks.items()
     batches = first_examples(test_sets.batches(config), test_examples)
@@ -205,6 +208,7 @@ def r2s_of(run_dirs, epsilon, steps, cache_path, test_sets, adaptive=("vanilla",
     best = max(report["tickets"], key=lambda row: row["attacked"])
     report["best_single"] = {"name": best["name"], "attacked": best["attacked"]}
     report["num_examples"] = int(natural.size)
+    report.update(seconds=time.time() - wall, cpu_seconds=time.process_time() - cpu)
     run_files.write_json(cache_path, report)
     return report
 

@@ -297,7 +297,7 @@ def interim_lines(units):
     return lines + [""]
 
 
-def markdown(command, scale, rows, table, figure_file, times, notes, checks=(), status=()):
+def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), status=()):
     lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
              "Command:", "", "```sh", command, "```", "",
              "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
@@ -326,13 +326,73 @@ def markdown(command, scale, rows, table, figure_file, times, notes, checks=(), 
         lines += [f"| {row['run_dir']} | {row['examples']} | {100 * row['standard']:.1f}% | {100 * row['fast']:.1f}% "
                   f"| {row['broken_by_standard_not_fast']} | {row['broken_by_fast_not_standard']} |" for row in checks]
         lines.append("")
-    if times:
-        lines += ["## Run times", "", "| run | wall min | CPU min | resumed | threads |", "|---|---|---|---|---|"]
-        for run_dir, row in times.items():
-            lines.append(f"| {run_dir} | {row['wall_seconds'] / 60:.1f} | {row['cpu_seconds'] / 60:.1f} | "
-                         f"{'yes' if row['resumed'] else 'no'} | {report.threads_text(row.get('threads'))} |")
+    if costs["runs"]:
+        minutes = lambda value: "-" if value is None else f"{value:.1f}"  # noqa: E731
+        lines += ["## Run times", "",
+                  "Training: wall and process CPU minutes of the call that finished each run (resumed: it continued "
+                  "a run an earlier call had started, whose time is not counted) and its TensorFlow threads. "
+                  "Evaluation: wall minutes of PGD-20 under both protocols on every test image, CPU minutes of each "
+                  "AutoAttack (and of R2S, below). " + costs_text(costs), "",
+                  "| run | wall min | CPU min | resumed | threads | PGD wall min | AutoAttack CPU min |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in costs["runs"]:
+            resumed = {None: "-", True: "yes", False: "no"}[row["resumed"]]
+            autoattack = ", ".join(f"{name} {value:.1f}" for name, value in row["autoattack_cpu_minutes"].items())
+            lines.append(f"| {row['run_dir']} | {minutes(row['wall_minutes'])} | {minutes(row['cpu_minutes'])} | "
+                         f"{resumed} | {report.threads_text(row['threads'])} | {minutes(row['pgd_wall_minutes'])} | "
+                         f"{autoattack or '-'} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def cost_rows(results, times):
+    """The study's cost, run by run in plan order: {runs: [{run_dir, wall_minutes, cpu_minutes, resumed, threads,
+    pgd_wall_minutes, autoattack_cpu_minutes: {attack: minutes}}], training_cpu_minutes, resumed_runs,
+    untimed_runs, pgd_wall_minutes, autoattack_cpu_minutes, r2s_cpu_minutes (over the R2S measurements that were
+    timed: r2s_timed of r2s_measurements)}. Training figures are those of `times` (run_times.json), None where a
+    run has none."""
+    rows = []
+    for width in results.widths:
+        for seed in results.seeds:
+            for run in ("dense_at", *results.ratios):
+                run_dir = results.run_dir(width, seed, run)
+                found = times.get(run_dir, {})
+                pgd = [results.measured["evaluation"][p].get(run_dir, {}).get("seconds") for p in PROTOCOLS]
+                rows.append({
+                    "run_dir": run_dir,
+                    "wall_minutes": found["wall_seconds"] / 60 if "wall_seconds" in found else None,
+                    "cpu_minutes": found["cpu_seconds"] / 60 if "cpu_seconds" in found else None,
+                    "resumed": found.get("resumed"), "threads": found.get("threads"),
+                    "pgd_wall_minutes": sum(pgd) / 60 if None not in pgd else None,
+                    "autoattack_cpu_minutes": {name: entry["cpu_seconds"] / 60 for name, entry in sorted(
+                        results.measured["autoattack"].get(run_dir, {}).items()) if "cpu_seconds" in entry}})
+    total = lambda key: sum(row[key] or 0.0 for row in rows)  # noqa: E731
+    r2s = [results.r2s(width, seed, protocol).get("cpu_seconds") for width in results.widths
+           for seed in results.seeds for protocol in PROTOCOLS]
+    return {"runs": rows, "training_cpu_minutes": total("cpu_minutes"),
+            "r2s_cpu_minutes": sum(value or 0.0 for value in r2s) / 60,
+            "r2s_timed": sum(value is not None for value in r2s), "r2s_measurements": len(r2s),
+            "resumed_runs": sum(bool(row["resumed"]) for row in rows),
+            "untimed_runs": sum(row["cpu_minutes"] is None for row in rows),
+            "pgd_wall_minutes": total("pgd_wall_minutes"),
+            "autoattack_cpu_minutes": sum(sum(row["autoattack_cpu_minutes"].values()) for row in rows)}
+
+
+def costs_text(costs):
+    text = (f"In all: training {costs['training_cpu_minutes']:.0f} CPU minutes over {len(costs['runs'])} runs")
+    gaps = [f"{costs['resumed_runs']} resumed" if costs["resumed_runs"] else "",
+            f"{costs['untimed_runs']} not timed" if costs["untimed_runs"] else ""]
+    gaps = [gap for gap in gaps if gap]
+    if gaps:
+        text += f" ({', '.join(gaps)}: their time is counted in part or not at all)"
+    text += (f", PGD evaluation {costs['pgd_wall_minutes']:.0f} wall minutes, AutoAttack "
+             f"{costs['autoattack_cpu_minutes']:.0f} CPU minutes")
+    if not costs["r2s_timed"]:
+        return text + "; R2S is not timed."
+    untimed = costs["r2s_measurements"] - costs["r2s_timed"]
+    return text + (f", R2S {costs['r2s_cpu_minutes']:.0f} CPU minutes" + (
+        f" ({untimed} of its {costs['r2s_measurements']} measurements, one per (width, seed) and protocol, not "
+        "timed)" if untimed else "") + ".")
 
 
 def write(planned, measured, times, config, report_path, command, epsilon, test_examples, units=None):
@@ -379,12 +439,13 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
                   "with the other runs' results on those same images."]
     units = units or dict.fromkeys(("planned", "recorded", "reported"), list(planned))
     units = {key: [[width, seed] for width, seed in value] for key, value in units.items()}
-    text = markdown(command, scale, rows, table, relative, times, notes, checks, interim_lines(units))
+    costs = cost_rows(results, times)
+    text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units))
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
              "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows,
-             "accuracy": table, "autoattack_check": checks, "run_times": times}
+             "accuracy": table, "autoattack_check": checks, "run_times": times, "costs": costs}
     run_files.write_json(stem + ".json", found)
     return found
