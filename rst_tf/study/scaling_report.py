@@ -332,7 +332,7 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
                   "Training: wall and process CPU minutes of the call that finished each run (resumed: it continued "
                   "a run an earlier call had started, whose time is not counted) and its TensorFlow threads. "
                   "Evaluation: wall minutes of PGD-20 under both protocols on every test image, CPU minutes of each "
-                  "AutoAttack (and of R2S, below). " + costs_text(costs), "",
+                  "AutoAttack and R2S. " + costs_text(costs), "",
                   "| run | wall min | CPU min | resumed | threads | PGD wall min | AutoAttack CPU min |",
                   "|---|---|---|---|---|---|---|"]
         for row in costs["runs"]:
