@@ -414,7 +414,7 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     found = scaling.report_recorded(config, widths, ratios, third, report, seeds, **recorded_options)
     assert not found["complete"] and found["units"]["reported"] == [[0.0625, 0]] and found["seeds"] == [0]
     assert {row["verdict"] for row in found["claims"]} == {"undecided at this scale"}
-    assert "**A study in progress:** 1 of its 2 (width, seed)s are recorded" in open(report).read()
+    assert "**A study in progress:** 1 of its 2 (width, seed)s is recorded" in open(report).read()
     assert json.load(open(report.replace(".md", ".json")))["units"]["planned"] == [[0.0625, 0], [0.0625, 1]]
     os.remove(os.path.join(partial, "width_0.0625_seed_0.json"))
     os.remove(report)

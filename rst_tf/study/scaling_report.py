@@ -281,7 +281,8 @@ def interim_lines(units):
         return []
     widths = sorted({width for width, _ in reported})
     seeds = list(dict.fromkeys(seed for _, seed in reported))
-    lines = [f"**A study in progress:** {len(recorded)} of its {len(planned)} (width, seed)s are recorded "
+    lines = [f"**A study in progress:** {len(recorded)} of its {len(planned)} (width, seed)s "
+             f"{'is' if len(recorded) == 1 else 'are'} recorded "
              f"({_units_text(recorded)}). This report covers {len(reported)} of them, every seed at every width it "
              f"has: width{'s' if len(widths) > 1 else ''} {', '.join(f'{w:g}' for w in widths)}, seed"
              f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}."]
