@@ -374,10 +374,8 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
         for unit, waiting in untrained.items():
             if run_dir in waiting:
                 waiting.discard(run_dir)
-                if not waiting and stop_after != "train" and measurer:
-                    measurer.submit(unit)
-                elif not waiting and stop_after != "train":
-                    measure_unit(unit)
+                if not waiting and stop_after != "train":
+                    (measurer.submit if measurer else measure_unit)(unit)
 
     named = [(f"width {width:g} seed {seed}: ", step) for width, seed in left for step in planned[width, seed]]
     reproduce.run_steps(named, output_dir, os.path.join(output_dir, "run_times.json"), executor, progress, log,
