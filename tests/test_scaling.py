@@ -332,7 +332,8 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     messages = []
     assert scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
                        log=messages.append, **options) is None
-    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
+    assert sorted(name for name in os.listdir(records) if name.endswith(".json")) == [
+        "width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
     # A unit is measured and recorded as soon as its runs are done, before the next unit's runs.
     done = [m.split(":")[0] for m in messages if m.endswith("finished, skipped") or "recorded in" in m]
     assert done == ["width 0.0625 seed 0"] * 4 + ["width 0.0625 seed 1"] * 4
@@ -342,11 +343,13 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
                                                "./width_0.0625/seed_0/rst/ratio_0.2"}
     assert record["settings"]["evaluation"]["reference_autoattack"] == "fgsm_rs"  # the widest width's first seed
     assert "data_dir" not in record["settings"]["runs"]["./width_0.0625/seed_0/dense_at"]
-    assert not any(first in open(os.path.join(records, name)).read() for name in os.listdir(records))
+    assert not any(first in open(os.path.join(records, name)).read() for name in os.listdir(records)
+                   if name.endswith(".json"))
 
     # With runs that train elsewhere (Ray), a unit is measured in a background thread beside the next runs: the
     # records it makes are the same (here from the caches, so nothing is attacked again).
-    made = {name: json.load(open(os.path.join(records, name))) for name in os.listdir(records)}
+    made = {name: json.load(open(os.path.join(records, name))) for name in os.listdir(records)
+            if name.endswith(".json")}
     shutil.rmtree(records)
     threads = []
     scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
@@ -395,6 +398,43 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     for name in ("evaluation.json", "autoattack.json", "width_0.0625/seed_1/r2s.json"):
         ours, theirs = (open(os.path.join(folder, name)).read() for folder in (first, second))
         assert json.loads(theirs.replace(second, first)) == json.loads(ours)
+
+    # Every trained run is packed beside the records, and no partial record is left once a unit is recorded.
+    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0", "width_0.0625_seed_0.json", "width_0.0625_seed_1",
+                                           "width_0.0625_seed_1.json"]
+    assert sorted(os.listdir(os.path.join(records, "width_0.0625_seed_1", "rst"))) == ["ratio_0.1.npz",
+                                                                                     "ratio_0.2.npz"]
+    # A unit in progress continues on another machine: seed 1 not recorded, its runs packed and its PGD and R2S
+    # measured. Its runs are unpacked rather than trained, only its AutoAttacks are measured, and they find what
+    # they found on the original runs.
+    progress = str(tmp_path / "progress_records")
+    shutil.copytree(records, progress)
+    unit = (0.0625, 1)
+    os.remove(scaling_records.record_path(progress, unit))
+    settings = scaling.unit_settings(planned, unit, first, 8, 8.0, 4, 4, ("fgsm",), "fgsm_rs", ("standard", "paper"))
+    caches = scaling.unit_caches(planned, unit, first, ("standard", "paper"))
+    del caches[os.path.join(first, "autoattack.json")]
+    scaling_records.save(progress, unit, settings, caches, first, partial=True)
+    fourth = str(tmp_path / "fourth" / "runs")
+    messages = []
+    scaling.run(config, widths, ratios, fourth, str(tmp_path / "fourth" / "scaling.md"), seeds,
+                log=messages.append, **dict(options, records_dir=progress))
+    assert [m for m in messages if "unpacked from" in m] == [
+        f"width 0.0625 seed 1: {name} unpacked from {os.path.join(progress, 'width_0.0625_seed_1', name)}.npz"
+        for name in ("dense_at", "rst/ratio_0.1", "rst/ratio_0.2")]
+    assert "width 0.0625 seed 1: 8 measurements read from" in "\n".join(messages)
+    assert not any("starting" in m or m.startswith("evaluated") for m in messages)
+    assert sorted(m.split(" of ")[0] for m in messages if m.startswith("fgsm")) == ["fgsm", "fgsm"]
+    assert not os.path.exists(scaling_records.record_path(progress, unit, partial=True))
+    again, before = (json.load(open(os.path.join(folder, "width_0.0625_seed_1.json")))
+                     for folder in (progress, records))
+    assert again["settings"] == before["settings"]
+    for name, entries in before["caches"].items():
+        if name != "autoattack.json":
+            assert again["caches"][name] == entries
+    for run_dir, found in before["caches"]["autoattack.json"]["by_run"].items():
+        for attack, entry in found.items():
+            assert again["caches"]["autoattack.json"]["by_run"][run_dir][attack]["correct"] == entry["correct"]
 
     # The report of the study so far, from the records alone: no runs, no data, nothing written but the report.
     # Every (width, seed) recorded: the claims are those of the measurements the records were made from.

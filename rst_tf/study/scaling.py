@@ -7,8 +7,9 @@ At every width and seed (a unit): dense PGD-AT (`dense_at`) and an RST sweep ove
 seed's one random network (`rst`), in OUTPUT_DIR/width_<w>/seed_<s>/. The units go from the narrowest width
 (`unit_order`), and each is measured as soon as its runs are trained, then recorded (`scaling_records`) where the
 study keeps its records. Finished runs are skipped, killed ones resume from their last checkpoint
-(`reproduce.run_steps`) and recorded units are read back instead of trained again, so the same call continues a
-killed study, on this machine or another; the runs may go to a Ray cluster (`executors`).
+(`reproduce.run_steps`) and recorded units are read back instead of trained again, as are the trained runs and the
+measurements of a unit in progress, so the same call continues a killed study, on this machine or another; the runs
+may go to a Ray cluster (`executors`).
 """
 import dataclasses
 import math
@@ -211,7 +212,7 @@ def claim_ratio(remaining_ratios):
 
 def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoattack=("autoattack_fast",),
              reference_autoattack="autoattack", protocols=None, r2s_test_examples=None,
-             reference_autoattack_examples=None, reference_unit=None, attack_seed=None):
+             reference_autoattack_examples=None, reference_unit=None, attack_seed=None, after_each=None):
     """Every measurement of the study on `test_sets` (all cached, so a killed evaluation continues):
 
     - natural and PGD-`steps` accuracy at `epsilon` (/255) of every run, under each PGD protocol
@@ -225,7 +226,8 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
 
     `protocols` (default: every PGD protocol) limits the PGD and R2S measurements to some protocols. For a part of
     a study's plan, `reference_unit` (default: the widest width's first seed) and `attack_seed` (default: the first
-    seed) are those of the whole plan.
+    seed) are those of the whole plan. `after_each()` (if given) is called after each run's PGD evaluation, each R2S
+    and each run's AutoAttacks, whether measured or read from the caches.
 
     Returns {"evaluation": {protocol: {run_dir: entry}}, "r2s": {(width, seed, protocol): report},
     "autoattack": {run_dir: {attack: entry}}}.
@@ -234,11 +236,16 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
     from rst_tf.study import measure
 
     protocols = tuple(attacks.PGD_PROTOCOLS if protocols is None else protocols)
-    runs = run_dirs(planned)
+    done = after_each or (lambda: None)
     first_seed = next(iter(planned))[1] if attack_seed is None else attack_seed
-    evaluation = measure.evaluate_runs_under(
-        {protocol: os.path.join(output_dir, cache_name("evaluation", protocol)) for protocol in protocols}, runs,
-        [epsilon], test_sets, first_seed, log)
+    evaluation = {protocol: {} for protocol in protocols}
+    for run_dir in run_dirs(planned):
+        found = measure.evaluate_runs_under(
+            {protocol: os.path.join(output_dir, cache_name("evaluation", protocol)) for protocol in protocols},
+            [run_dir], [epsilon], test_sets, first_seed, log)
+        for protocol in protocols:
+            evaluation[protocol].update(found[protocol])
+        done()
     r2s = {}
     for (width, seed), steps_of_run in planned.items():
         folder = reproduce.seed_dir(width_dir(output_dir, width), seed)
@@ -250,6 +257,7 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
                 adaptive=("vanilla", "eot", "ensemble"), seed=seed, pgd_protocol=protocol,
                 test_examples=r2s_test_examples,
                 tickets_measured=[evaluation[protocol][run_dir] for run_dir in ticket_runs])
+            done()
     wanted = {}
     for (width, seed), steps_of_run in planned.items():
         rst = rst_step(steps_of_run)
@@ -262,9 +270,12 @@ def evaluate(planned, output_dir, test_sets, epsilon, steps, log=print, autoatta
         rst = rst_step(planned[reference_unit])
         reference_run = rst.run_dirs()[list(rst.remaining_ratios).index(claim_ratio(rst.remaining_ratios))]
         wanted.setdefault(reference_run, []).append(reference_autoattack)
-    found = measure.autoattack_runs(wanted, epsilon, os.path.join(output_dir, "autoattack.json"), test_sets,
-                                    first_seed, log,
-                                    test_examples={reference_autoattack: reference_autoattack_examples})
+    found = {}
+    for run_dir, names in wanted.items():
+        found.update(measure.autoattack_runs({run_dir: names}, epsilon, os.path.join(output_dir, "autoattack.json"),
+                                             test_sets, first_seed, log,
+                                             test_examples={reference_autoattack: reference_autoattack_examples}))
+        done()
     return {"evaluation": evaluation, "r2s": r2s, "autoattack": found}
 
 
@@ -326,8 +337,10 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     images (`evaluate`; R2S and the standard AutoAttack on the first `r2s_test_examples` and
     `reference_autoattack_examples` of them) as soon as they are trained, and record the unit's results in
     `records_dir` (if given; `scaling_records`). A unit recorded there with the same settings is read back instead
-    of trained and measured. Then the report (`scaling_report`): markdown at `report_path`, figures in
-    <report>_figures/, everything as JSON in <report>.json. Returns that JSON's content, or None when `stop_after`
+    of trained and measured; of a unit in progress, its runs packed there once trained and its measurements so far
+    (saved after each one) are taken rather than made again (`restore_progress`). Then the report
+    (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
+    <report>.json. Returns that JSON's content, or None when `stop_after`
     is "train" or "evaluate". `autoattack`, `reference_autoattack` and `protocols` are `evaluate`'s. The runs go
     through `executor` (default: one after another here), the evaluation runs here: after each unit's last run, or,
     when the executor trains elsewhere (`trains_elsewhere`: Ray), in a background thread while the next runs train
@@ -356,12 +369,17 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
             log(f"width {unit[0]:g} seed {unit[1]}: recorded in {scaling_records.record_path(records_dir, unit)}")
         else:
             left.append(unit)
+            if records_dir:
+                restore_progress(planned, unit, output_dir, records_dir, settings(unit), log)
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
     untrained = {unit: set(unit_run_dirs(planned[unit])) for unit in left}
 
     def measure_unit(unit):
+        caches = unit_caches(planned, unit, output_dir, protocols)
+        so_far = (lambda: scaling_records.save(records_dir, unit, settings(unit), caches, output_dir, partial=True)
+                  ) if records_dir else None
         evaluate({unit: planned[unit]}, output_dir, test_sets, epsilon, eval_steps, log,
-                 reference_unit=reference_unit, attack_seed=seeds[0], **attacks_of)
+                 reference_unit=reference_unit, attack_seed=seeds[0], after_each=so_far, **attacks_of)
         if records_dir:
             path = scaling_records.save(records_dir, unit, settings(unit),
                                         unit_caches(planned, unit, output_dir, protocols), output_dir)
@@ -373,6 +391,10 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     def trained(run_dir):
         for unit, waiting in untrained.items():
             if run_dir in waiting:
+                if records_dir:
+                    path = scaling_records.save_run(records_dir, unit, run_name(output_dir, unit, run_dir), run_dir)
+                    if path:
+                        log(f"width {unit[0]:g} seed {unit[1]}: packed {run_dir} in {path}")
                 waiting.discard(run_dir)
                 if not waiting and stop_after != "train":
                     (measurer.submit if measurer else measure_unit)(unit)
@@ -389,6 +411,29 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     order = unit_order(planned)
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
                                 units={"planned": order, "recorded": order, "reported": order})
+
+
+def run_name(output_dir, unit, run_dir):
+    """A run's folder within its (width, seed)'s: "dense_at", "rst/ratio_0.2"."""
+    return os.path.relpath(run_dir, reproduce.seed_dir(width_dir(output_dir, unit[0]), unit[1]))
+
+
+def restore_progress(planned, unit, output_dir, records_dir, settings, log=print):
+    """What `records_dir` keeps of `unit` in progress (`scaling_records`), written into `output_dir`: its packed
+    runs that are not finished here, and the measurements of its partial record that the caches here lack."""
+    from rst_tf.study import executors
+    from rst_tf.study import scaling_records
+
+    prefix = f"width {unit[0]:g} seed {unit[1]}: "
+    for step in planned[unit]:
+        for _, run_dir, config in reproduce.step_configs(step):
+            name = run_name(output_dir, unit, run_dir)
+            if not executors.is_finished(run_dir) and scaling_records.restore_run(records_dir, unit, name, run_dir,
+                                                                                  config):
+                log(prefix + f"{name} unpacked from {scaling_records.archive_path(records_dir, unit, name)}")
+    written = scaling_records.restore_partial(records_dir, unit, settings, output_dir)
+    if written:
+        log(prefix + f"{written} measurements read from {scaling_records.record_path(records_dir, unit, True)}")
 
 
 class Measurer:

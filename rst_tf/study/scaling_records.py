@@ -10,33 +10,64 @@ One JSON file per (width, seed), `width_<w>_seed_<s>.json`: `settings` (every ru
 folder and strategy, and the evaluation's settings) and `caches` (the entries of the study's cache files that
 belong to it: evaluation under each protocol, AutoAttack and run times by run, its R2S files whole), with every
 path relative to the study's output folder. A record counts only for a study with the same settings.
+
+A (width, seed) in progress keeps what it has done too, so that another machine continues it rather than starting
+it again: each trained run packed in `width_<w>_seed_<s>/<run>.npz` (`run_archive`; kept once the unit is
+recorded, as the study's trained networks), and the measurements made so far in `width_<w>_seed_<s>.partial.json`
+(a record of the caches as they are, replaced by the record when the unit is wholly measured).
+
+    scaling_records.save_run(records_dir, (0.125, 1), "rst/ratio_0.2", run_dir)       # once the run is trained
+    scaling_records.restore_run(records_dir, (0.125, 1), "rst/ratio_0.2", run_dir, config)   # True: unpacked
+    scaling_records.save(records_dir, (0.125, 1), record, caches, output_dir, partial=True)   # as it is measured
+    scaling_records.restore_partial(records_dir, (0.125, 1), record, output_dir)      # what is not measured here
 """
 import datetime
 import os
 import platform
 
+from rst_tf.study import run_archive
 from rst_tf.study import sweep
 from rst_tf.training import run_dir as run_files
 
 
-def record_path(records_dir, unit):
+def unit_name(unit):
     width, seed = unit
-    return os.path.join(records_dir, f"width_{width:g}_seed_{seed}.json")
+    return f"width_{width:g}_seed_{seed}"
 
 
-def _config_settings(config):
-    """A run's configuration as it decides its results: every field but where it reads its data and runs
-    (`sweep.LOCATION_FIELDS`)."""
-    import dataclasses
+def record_path(records_dir, unit, partial=False):
+    """The record of `unit`, or (`partial`) of its measurements so far."""
+    return os.path.join(records_dir, unit_name(unit) + (".partial.json" if partial else ".json"))
 
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(config).items() if key not in sweep.LOCATION_FIELDS}
+
+def archive_path(records_dir, unit, run_name):
+    """Where a trained run of `unit` is packed: `run_name` is its folder within the unit's ("rst/ratio_0.2")."""
+    return os.path.join(records_dir, unit_name(unit), run_name + ".npz")
+
+
+def save_run(records_dir, unit, run_name, run_dir):
+    """Pack the finished run in `run_dir` (`run_archive.pack`) unless it is packed already; returns the archive's
+    path if written now, else None."""
+    path = archive_path(records_dir, unit, run_name)
+    if os.path.isfile(path):
+        return None
+    return run_archive.pack(run_dir, path)
+
+
+def restore_run(records_dir, unit, run_name, run_dir, config):
+    """Unpack the packed run of `unit` into `run_dir` as a finished run of `config` (`run_archive.unpack`) if one
+    was packed with the configuration `config` gives; True if unpacked, else False (nothing written)."""
+    path = archive_path(records_dir, unit, run_name)
+    if not os.path.isfile(path) or not run_archive.matches(path, config):
+        return False
+    run_archive.unpack(path, run_dir, config)
+    return True
 
 
 def settings_of(runs, evaluation, output_dir):
     """The settings a record must match: `runs` ({run_dir: SearchConfig}) and `evaluation` (a JSON-able dict of
     the evaluation's settings), run folders relative to `output_dir`."""
-    return {"runs": {relative(run_dir, output_dir): _config_settings(config) for run_dir, config in runs.items()},
+    return {"runs": {relative(run_dir, output_dir): sweep.result_settings(config) for run_dir, config in runs.items()},
             "evaluation": evaluation}
 
 
@@ -74,9 +105,10 @@ def _mapped(value, convert):
     return value
 
 
-def load(records_dir, unit, settings):
-    """The record of `unit` if `records_dir` holds one made with `settings` (as `settings_of` gives), else None."""
-    found = run_files.read_json(record_path(records_dir, unit)) if records_dir else {}
+def load(records_dir, unit, settings, partial=False):
+    """The record of `unit` (or, `partial`, of its measurements so far) if `records_dir` holds one made with
+    `settings` (as `settings_of` gives), else None."""
+    found = run_files.read_json(record_path(records_dir, unit, partial)) if records_dir else {}
     return found if found and found.get("settings") == settings else None
 
 
@@ -105,9 +137,33 @@ def restore(records_dir, unit, settings, output_dir):
     return True
 
 
-def save(records_dir, unit, settings, caches, output_dir):
+def restore_partial(records_dir, unit, settings, output_dir):
+    """Write the measurements of `unit` that its partial record (made with `settings`) holds and the study's cache
+    files in `output_dir` do not (a run's entries, an R2S file). Returns the number of entries written."""
+    record = load(records_dir, unit, settings, partial=True)
+    written = 0
+    for name, entries in (record or {}).get("caches", {}).items():
+        path = os.path.join(output_dir, name)
+        if entries.get("whole"):
+            if entries["content"] and not os.path.isfile(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                run_files.write_json(path, absolute(entries["content"], output_dir))
+                written += 1
+            continue
+        cache = run_files.read_json(path)
+        missing = {run_dir: entry for run_dir, entry in absolute(entries["by_run"], output_dir).items()
+                   if run_dir not in cache}
+        if missing:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            run_files.write_json(path, dict(cache, **missing))
+            written += len(missing)
+    return written
+
+
+def save(records_dir, unit, settings, caches, output_dir, partial=False):
     """Record `unit`'s results: `caches` ({cache path: the unit's run folders, whose entries are its own, or None
-    for a file that belongs wholly to it}). Returns the record's path."""
+    for a file that belongs wholly to it}). Returns the record's path. With `partial`, record the measurements made
+    so far (a missing file is recorded empty); a whole record removes the partial one."""
     recorded = {}
     for path, run_dirs in caches.items():
         cache = run_files.read_json(path)
@@ -117,12 +173,14 @@ def save(records_dir, unit, settings, caches, output_dir):
         else:
             recorded[name] = {"by_run": relative({run_dir: cache[run_dir] for run_dir in run_dirs
                                                   if run_dir in cache}, output_dir)}
-    path = record_path(records_dir, unit)
+    path = record_path(records_dir, unit, partial)
     os.makedirs(records_dir, exist_ok=True)
     run_files.write_json(path, {
         "unit": {"width": unit[0], "seed": unit[1]}, "settings": settings, "caches": recorded,
         "recorded": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "machine": _machine()}})
+    if not partial and os.path.isfile(record_path(records_dir, unit, partial=True)):
+        os.remove(record_path(records_dir, unit, partial=True))
     return path
 
 

@@ -102,6 +102,13 @@ def _run_summary(remaining_ratio, run_dir):
             "test_pgd20_accuracy": best["test_pgd20_accuracy"], "weights": final["weights"], "last": final["last"]}
 
 
+def result_settings(config):
+    """A run's configuration as it decides its results, JSON-able: every field but where it reads its data and
+    runs (`LOCATION_FIELDS`)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(config).items() if key not in LOCATION_FIELDS}
+
+
 def check_existing_run(config, run_dir):
     """ValueError if `run_dir` holds a run whose config differs from `config` (beyond where it found its data)."""
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
