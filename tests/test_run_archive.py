@@ -75,8 +75,10 @@ def test_an_archive_of_another_run_or_another_random_network_is_refused_and_noth
     np.savez(forged, manifest=np.frombuffer(json.dumps(manifest).encode(), np.uint8), **arrays)
     with pytest.raises(ValueError, match=f"the random kernel {seeded['path']} drawn here"):
         run_archive.unpack(forged, str(tmp_path / "b"), config)
-    with pytest.raises(ValueError, match="is not a run archive"):
+    with pytest.raises(ValueError, match="config.json is not a run archive"):
         run_archive.unpack(str(tmp_path / "a" / "config.json"), str(tmp_path / "b"), config)
+    with pytest.raises(ValueError, match="config.json is not a run archive"):
+        run_archive.matches(str(tmp_path / "a" / "config.json"), config)
     assert not os.path.exists(tmp_path / "b") and not os.path.exists(tmp_path / "b.unpacking")
     unfinished = str(tmp_path / "c")
     ticket_fixtures.write_run(unfinished, config)

@@ -31,8 +31,17 @@ FORMAT = "rst-tf run archive"
 VERSION = 1
 
 
-def _manifest_value(archive):
-    return json.loads(bytes(archive["manifest"]).decode())
+def _read(path):
+    """(manifest, {name: array}) of the archive at `path`; ValueError naming the file if it is none."""
+    try:
+        with np.load(path) as archive:
+            manifest = json.loads(bytes(archive["manifest"]).decode())
+            arrays = {name: archive[name] for name in archive.files if name != "manifest"}
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a run archive: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{path} is not a run archive of version {VERSION}")
+    return manifest, arrays
 
 
 def _digest(value):
@@ -85,23 +94,15 @@ def pack(run_dir, path):
 
 def matches(path, config):
     """True if the archive at `path` holds a run of `config` (as its study plans it: every field but where it reads
-    its data and runs)."""
-    with np.load(path) as archive:
-        return _manifest_value(archive)["config"] == sweep.result_settings(config.resolved())
+    its data and runs); ValueError naming the file if it is no run archive."""
+    return _read(path)[0]["config"] == sweep.result_settings(config.resolved())
 
 
 def unpack(path, run_dir, config):
     """Write the archived run at `path` into `run_dir` as a finished run of `config` (whose data folder and strategy
     it takes), replacing an unfinished run there. ValueError naming the file if it is no archive, holds another
     run, or its random kernels or masks do not come out the same here; then nothing is written."""
-    try:
-        with np.load(path) as archive:
-            manifest = _manifest_value(archive)
-            arrays = {name: archive[name] for name in archive.files if name != "manifest"}
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} is not a run archive: {error}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(f"{path} is not a run archive of version {VERSION}")
+    manifest, arrays = _read(path)
     config = config.resolved()
     if manifest["config"] != sweep.result_settings(config):
         raise ValueError(f"{path} holds another run than {run_dir} (its configuration differs)")
