@@ -414,6 +414,9 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     settings = scaling.unit_settings(planned, unit, first, 8, 8.0, 4, 4, ("fgsm",), "fgsm_rs", ("standard", "paper"))
     caches = scaling.unit_caches(planned, unit, first, ("standard", "paper"))
     del caches[os.path.join(first, "autoattack.json")]
+    dense_dir = planned[unit][0].output_dir
+    times = {dense_dir: {"wall_seconds": 60.0, "cpu_seconds": 100.0, "resumed": False, "threads": 1}}
+    json.dump(times, open(os.path.join(first, "run_times.json"), "w"))
     scaling_records.save(progress, unit, settings, caches, first, partial=True)
     fourth = str(tmp_path / "fourth" / "runs")
     messages = []
@@ -422,7 +425,9 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     assert [m for m in messages if "unpacked from" in m] == [
         f"width 0.0625 seed 1: {name} unpacked from {os.path.join(progress, 'width_0.0625_seed_1', name)}.npz"
         for name in ("dense_at", "rst/ratio_0.1", "rst/ratio_0.2")]
-    assert "width 0.0625 seed 1: 8 measurements read from" in "\n".join(messages)
+    assert "width 0.0625 seed 1: 9 measurements read from" in "\n".join(messages)
+    assert json.load(open(os.path.join(fourth, "run_times.json"))) == {
+        dense_dir.replace(first, fourth): times[dense_dir]}
     assert not any("starting" in m or m.startswith("evaluated") for m in messages)
     assert sorted(m.split(" of ")[0] for m in messages if m.startswith("fgsm")) == ["fgsm", "fgsm"]
     assert not os.path.exists(scaling_records.record_path(progress, unit, partial=True))
@@ -430,8 +435,9 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
                      for folder in (progress, records))
     assert again["settings"] == before["settings"]
     for name, entries in before["caches"].items():
-        if name != "autoattack.json":
+        if name not in ("autoattack.json", "run_times.json"):
             assert again["caches"][name] == entries
+    assert again["caches"]["run_times.json"]["by_run"] == {"./width_0.0625/seed_1/dense_at": times[dense_dir]}
     for run_dir, found in before["caches"]["autoattack.json"]["by_run"].items():
         for attack, entry in found.items():
             assert again["caches"]["autoattack.json"]["by_run"][run_dir][attack]["correct"] == entry["correct"]

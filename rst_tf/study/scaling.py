@@ -374,12 +374,15 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
     untrained = {unit: set(unit_run_dirs(planned[unit])) for unit in left}
 
+    def keep_progress(unit):
+        """The unit's measurements and run times so far, in its partial record."""
+        scaling_records.save(records_dir, unit, settings(unit), unit_caches(planned, unit, output_dir, protocols),
+                             output_dir, partial=True)
+
     def measure_unit(unit):
-        caches = unit_caches(planned, unit, output_dir, protocols)
-        so_far = (lambda: scaling_records.save(records_dir, unit, settings(unit), caches, output_dir, partial=True)
-                  ) if records_dir else None
         evaluate({unit: planned[unit]}, output_dir, test_sets, epsilon, eval_steps, log,
-                 reference_unit=reference_unit, attack_seed=seeds[0], after_each=so_far, **attacks_of)
+                 reference_unit=reference_unit, attack_seed=seeds[0],
+                 after_each=(lambda: keep_progress(unit)) if records_dir else None, **attacks_of)
         if records_dir:
             path = scaling_records.save(records_dir, unit, settings(unit),
                                         unit_caches(planned, unit, output_dir, protocols), output_dir)
@@ -395,6 +398,7 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
                     path = scaling_records.save_run(records_dir, unit, run_name(output_dir, unit, run_dir), run_dir)
                     if path:
                         log(f"width {unit[0]:g} seed {unit[1]}: packed {run_dir} in {path}")
+                        keep_progress(unit)  # with its run time
                 waiting.discard(run_dir)
                 if not waiting and stop_after != "train":
                     (measurer.submit if measurer else measure_unit)(unit)
