@@ -168,6 +168,8 @@ def _scaling(config):
                 print(f"width {width:g}\tseed {seed}\t{step.name}\t{step.output_dir}\tmode={step.config.mode}\t"
                       f"ratios={ratios_text}")
             _print_cost(scaling, planned, config, ratios)
+            if FLAGS.records_dir:
+                _print_progress(scaling, planned)
             return
         if not os.path.isdir(config.data_dir or "."):
             common.fail(f"--data_dir {config.data_dir} is not a folder")
@@ -229,14 +231,32 @@ def _print_cost(scaling, planned, config, ratios):
               + f"; left: {len(left)} of {len(planned)} (width, seed)s, {minutes:.0f} CPU minutes")
 
 
+def _print_progress(scaling, planned):
+    """What --records_dir keeps of the (width, seed)s in progress."""
+    recorded = _recorded_units(scaling, planned)
+    for unit in scaling.unit_order(planned):
+        if unit in recorded:
+            continue
+        packed, runs, measured = scaling.kept_progress(planned, unit, FLAGS.output_dir, FLAGS.records_dir,
+                                                       _unit_settings(scaling, planned, unit))
+        if packed or measured:
+            print(f"in progress in {FLAGS.records_dir}: width {unit[0]:g} seed {unit[1]}: {packed} of {runs} runs "
+                  f"trained and packed, {measured} measurements and run times kept")
+
+
 def _recorded_units(scaling, planned):
     """The (width, seed)s of the plan that --records_dir holds with the study's settings."""
     from rst_tf.study import scaling_records
 
-    return [unit for unit in scaling.unit_order(planned) if scaling_records.load(
-        FLAGS.records_dir, unit, scaling.unit_settings(
-            planned, unit, FLAGS.output_dir, FLAGS.study_test_examples, float(FLAGS.eval_epsilons[0]),
-            FLAGS.r2s_test_examples or None, FLAGS.reference_autoattack_examples or None))]
+    return [unit for unit in scaling.unit_order(planned)
+            if scaling_records.load(FLAGS.records_dir, unit, _unit_settings(scaling, planned, unit))]
+
+
+def _unit_settings(scaling, planned, unit):
+    """The settings a record of `unit` must have (`scaling.unit_settings`) under these flags."""
+    return scaling.unit_settings(planned, unit, FLAGS.output_dir, FLAGS.study_test_examples,
+                                 float(FLAGS.eval_epsilons[0]), FLAGS.r2s_test_examples or None,
+                                 FLAGS.reference_autoattack_examples or None)
 
 
 if __name__ == "__main__":

@@ -418,6 +418,7 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     times = {dense_dir: {"wall_seconds": 60.0, "cpu_seconds": 100.0, "resumed": False, "threads": 1}}
     json.dump(times, open(os.path.join(first, "run_times.json"), "w"))
     scaling_records.save(progress, unit, settings, caches, first, partial=True)
+    assert scaling.kept_progress(planned, unit, first, progress, settings) == (3, 3, 9)
     fourth = str(tmp_path / "fourth" / "runs")
     messages = []
     scaling.run(config, widths, ratios, fourth, str(tmp_path / "fourth" / "scaling.md"), seeds,

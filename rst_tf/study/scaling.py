@@ -422,6 +422,22 @@ def run_name(output_dir, unit, run_dir):
     return os.path.relpath(run_dir, reproduce.seed_dir(width_dir(output_dir, unit[0]), unit[1]))
 
 
+def kept_progress(planned, unit, output_dir, records_dir, settings):
+    """What `records_dir` keeps of `unit` in progress: (its runs packed there with their planned configuration, its
+    runs, the measurements and run times in its partial record made with `settings`)."""
+    from rst_tf.study import run_archive
+    from rst_tf.study import scaling_records
+
+    runs = [(run_name(output_dir, unit, run_dir), config) for step in planned[unit]
+            for _, run_dir, config in reproduce.step_configs(step)]
+    packed = [name for name, config in runs if os.path.isfile(scaling_records.archive_path(records_dir, unit, name))
+              and run_archive.matches(scaling_records.archive_path(records_dir, unit, name), config)]
+    record = scaling_records.load(records_dir, unit, settings, partial=True) or {"caches": {}}
+    measured = sum((1 if entries["content"] else 0) if entries.get("whole") else len(entries["by_run"])
+                   for entries in record["caches"].values())
+    return len(packed), len(runs), measured
+
+
 def restore_progress(planned, unit, output_dir, records_dir, settings, log=print):
     """What `records_dir` keeps of `unit` in progress (`scaling_records`), written into `output_dir`: its packed
     runs that are not finished here, and the measurements of its partial record that the caches here lack."""
