@@ -9,24 +9,17 @@ import time
 
 import tensorflow as tf
 
+from rst_tf.measuring import machine as machine_info
+
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-PEAK_MATMUL_SIZE = 4096
+PEAK_MATMUL_SIZE = machine_info.PEAK_MATMUL_SIZE
 PEAK_REPEATS = 5
 
 
 @functools.lru_cache(maxsize=None)
 def matmul_gflops():
     """fp32 GFLOP/s of a 4096x4096 TensorFlow matmul on this machine now: (median, every sample)."""
-    a = tf.random.stateless_uniform([PEAK_MATMUL_SIZE] * 2, [0, 1])
-    b = tf.random.stateless_uniform([PEAK_MATMUL_SIZE] * 2, [0, 2])
-    flops = 2 * PEAK_MATMUL_SIZE ** 3
-    tf.matmul(a, b).numpy()
-    samples = []
-    for _ in range(PEAK_REPEATS):
-        began = time.perf_counter()
-        tf.matmul(a, b).numpy()
-        samples.append(flops / (time.perf_counter() - began) / 1e9)
-    return statistics.median(samples), tuple(samples)
+    return machine_info.matmul_gflops(PEAK_REPEATS)
 
 
 def cpu_peak_gflops():
@@ -36,18 +29,7 @@ def cpu_peak_gflops():
 
 def cpu_info():
     """The CPU's model name and flags from /proc/cpuinfo (first processor), or 'unknown'."""
-    info = {"cpu_model": "unknown", "cpu_flags": []}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and info["cpu_model"] == "unknown":
-                    info["cpu_model"] = value.strip()
-                elif key.strip() == "flags" and not info["cpu_flags"]:
-                    info["cpu_flags"] = value.split()
-    except OSError:
-        pass
-    return info
+    return machine_info.cpu_info()
 
 
 def interleaved_medians(functions, repeats):

@@ -281,6 +281,8 @@ def test_a_run_step_records_its_time_once_and_skips_when_finished(tmp_path, cifa
     times = json.loads(open(times_path).read())
     assert list(times) == [step.output_dir] and times[step.output_dir]["resumed"] is False
     assert times[step.output_dir]["wall_seconds"] > 0 and times[step.output_dir]["cpu_seconds"] > 0
+    # Where it ran; a run under a minute measures no fp32 peak (it would take a part of its time).
+    assert set(times[step.output_dir]["machine"]) == {"cpu_model", "cpus", "vector_isa"}
     assert step.output_dir == str(tmp_path / "seed_4" / "natural")
     assert json.loads(open(os.path.join(step.output_dir, "config.json")).read())["seed"] == 4
     reproduce.run_step(step, times_path, log=messages.append)

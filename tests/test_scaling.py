@@ -229,14 +229,17 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     planned, measured = _synthetic(tmp_path / "runs", {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0}, autoattack=True)
     report = str(tmp_path / "docs" / "scaling.md")
     dense, rst = planned[0.0625, 0]
-    times = {dense.output_dir: {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1},
+    fast = {"cpu_model": "Fast CPU", "cpus": 2, "vector_isa": "AVX-512", "matmul_4096_fp32_gflops": 212.04}
+    times = {dense.output_dir: {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1,
+                                "machine": fast},
              rst.run_dirs()[0]: {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True}}
     measured["evaluation"]["standard"][dense.output_dir]["seconds"] = 30.0
     measured["evaluation"]["paper"][dense.output_dir]["seconds"] = 0.0  # read off the standard run
     measured["autoattack"][dense.output_dir]["autoattack_fast"]["cpu_seconds"] = 600.0
     measured["r2s"][0.0625, 0, "standard"]["cpu_seconds"] = 120.0
     found = scaling_report.write(planned, measured, times, SearchConfig(epochs=4), report,
-                                 "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES)
+                                 "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES,
+                                 measured_on={(0.0625, 0): "Slow CPU, 2 CPUs"})
     written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
     assert written["widths"] == list(WIDTHS) and written["seeds"] == [0, 1, 2]
     assert written["test_examples"] == NUM_IMAGES
@@ -248,11 +251,16 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert lines.index(counts) < next(i for i, line in enumerate(lines) if line.startswith("| where | claim"))
     assert "![RST minus dense AT against width](scaling_figures/gap.png)" in lines
     assert os.path.getsize(str(tmp_path / "docs" / "scaling_figures" / "gap.png")) > 10000
-    header = "| run | wall min | CPU min | resumed | threads | PGD wall min | AutoAttack CPU min |"
+    header = ("| run | wall min | CPU min | resumed | threads | trained on | PGD wall min | AutoAttack CPU min | "
+              "measured on |")
     assert lines[lines.index(header) + 2:][:3] == [
-        f"| {dense.output_dir} | 2.0 | 1.5 | no | 1 | 0.5 | autoattack_fast 10.0 |",
-        f"| {rst.run_dirs()[0]} | 1.0 | 1.9 | yes | - | - | - |",
-        f"| {rst.run_dirs()[1]} | - | - | - | - | - | - |"]
+        f"| {dense.output_dir} | 2.0 | 1.5 | no | 1 | A | 0.5 | autoattack_fast 10.0 | B |",
+        f"| {rst.run_dirs()[0]} | 1.0 | 1.9 | yes | - | - | - | - | B |",
+        f"| {rst.run_dirs()[1]} | - | - | - | - | - | - | - | B |"]
+    assert ("Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of the run, on its threads, or when the "
+            "(width, seed) was recorded): A: Fast CPU (AVX-512), 2 CPUs, fp32 matmul 212 GFLOP/s; "
+            "B: Slow CPU, 2 CPUs.") in lines
+    assert lines[lines.index(header) + 2 + 4].endswith("| - |")  # width 1/16 seed 1: measured on no known machine
     assert len(found["costs"]["runs"]) == 3 * 3 * 4 and found["costs"]["training_cpu_minutes"] == pytest.approx(3.4)
     assert ("In all: training 3 CPU minutes over 36 runs (1 resumed, 34 not timed: their time is counted in part or "
             "not at all), PGD evaluation 0 wall minutes, AutoAttack 10 CPU minutes, R2S 2 CPU minutes (17 of its 18 "

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import time
 
+from rst_tf.measuring import machine
 from rst_tf.training import loop
 from rst_tf.training import run_dir as run_files
 from rst_tf.training.config import SearchConfig
@@ -61,7 +62,8 @@ def is_finished(run_dir):
 
 def run_job(job, progress=False, log=print):
     """Skip a finished run, continue a killed one from its last checkpoint, or start it. Returns None when skipped,
-    else {wall_seconds, cpu_seconds, resumed} of this call (resumed: it continued an earlier call's run)."""
+    else {wall_seconds, cpu_seconds, resumed, machine} of this call (resumed: it continued an earlier call's run;
+    machine: `machine.describe` in this process after the run, with no peak for a run under a minute)."""
     if is_finished(job.run_dir):
         log(f"{job.name}: finished, skipped")
         return None
@@ -70,7 +72,9 @@ def run_job(job, progress=False, log=print):
     wall, cpu = time.time(), time.process_time()
     loop.run(job.config, job.run_dir, resume=True, progress=progress,
              log=lambda message: log(f"{job.name}: {message}"))
-    return {"wall_seconds": time.time() - wall, "cpu_seconds": time.process_time() - cpu, "resumed": resumed}
+    times = {"wall_seconds": time.time() - wall, "cpu_seconds": time.process_time() - cpu, "resumed": resumed}
+    # Where it ran, and that machine's fp32 peak now (for a run of a minute or more: it takes a few seconds).
+    return dict(times, machine=machine.describe(peak_repeats=3 if times["wall_seconds"] >= 60 else 0))
 
 
 class LocalExecutor:

@@ -413,8 +413,10 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))
     order = unit_order(planned)
+    records = {unit: scaling_records.load(records_dir, unit, settings(unit)) for unit in order} if records_dir else {}
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
-                                units={"planned": order, "recorded": order, "reported": order})
+                                units={"planned": order, "recorded": order, "reported": order},
+                                measured_on=measuring_machines(records))
 
 
 def run_name(output_dir, unit, run_dir):
@@ -549,4 +551,11 @@ def report_recorded(config, widths, remaining_ratios, output_dir, report_path, s
         times.update(found.get("run_times.json", {}))
     part = {unit: steps for unit, steps in planned.items() if unit in grid}
     return scaling_report.write(part, measured, times, config, report_path, command, epsilon, test_examples,
-                                units={"planned": unit_order(planned), "recorded": list(records), "reported": grid})
+                                units={"planned": unit_order(planned), "recorded": list(records), "reported": grid},
+                                measured_on=measuring_machines(records))
+
+
+def measuring_machines(records):
+    """{(width, seed): the machine that measured it} of `records` ({unit: record or None})."""
+    return {unit: record["recorded"]["machine"] for unit, record in records.items()
+            if record and record.get("recorded", {}).get("machine")}

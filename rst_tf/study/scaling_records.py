@@ -23,8 +23,8 @@ recorded, as the study's trained networks), and the measurements made so far in 
 """
 import datetime
 import os
-import platform
 
+from rst_tf.measuring import machine
 from rst_tf.study import run_archive
 from rst_tf.study import sweep
 from rst_tf.training import run_dir as run_files
@@ -178,18 +178,13 @@ def save(records_dir, unit, settings, caches, output_dir, partial=False):
     run_files.write_json(path, {
         "unit": {"width": unit[0], "seed": unit[1]}, "settings": settings, "caches": recorded,
         "recorded": {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "machine": _machine()}})
+                     "machine": _machine(peak=not partial)}})
     if not partial and os.path.isfile(record_path(records_dir, unit, partial=True)):
         os.remove(record_path(records_dir, unit, partial=True))
     return path
 
 
-def _machine():
-    """The CPU model and count of this machine (which measured the record's times)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs"
+def _machine(peak=True):
+    """The machine that measured the record's times: CPU model, vector instructions, CPUs and (`peak`) its fp32
+    peak now."""
+    return machine.label(machine.describe(peak_repeats=3 if peak else 0))

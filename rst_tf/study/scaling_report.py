@@ -329,29 +329,40 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
         lines.append("")
     if costs["runs"]:
         minutes = lambda value: "-" if value is None else f"{value:.1f}"  # noqa: E731
+        machines = machine_keys(costs["runs"])
         lines += ["## Run times", "",
                   "Training: wall and process CPU minutes of the call that finished each run (resumed: it continued "
-                  "a run an earlier call had started, whose time is not counted) and its TensorFlow threads. "
-                  "Evaluation: wall minutes of PGD-20 under both protocols on every test image, CPU minutes of each "
-                  "AutoAttack and R2S. " + costs_text(costs), "",
-                  "| run | wall min | CPU min | resumed | threads | PGD wall min | AutoAttack CPU min |",
-                  "|---|---|---|---|---|---|---|"]
+                  "a run an earlier call had started, whose time is not counted), its TensorFlow threads and the "
+                  "machine it ran on. Evaluation: wall minutes of PGD-20 under both protocols on every test image, "
+                  "CPU minutes of each AutoAttack and R2S, on the machine that measured its (width, seed). "
+                  "Machines differ in speed by several times: compare times on one machine. " + costs_text(costs),
+                  ""]
+        if machines:
+            lines += ["Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of the run, on its threads, or "
+                      "when the (width, seed) was recorded): " + "; ".join(
+                          f"{key}: {text}" for text, key in machines.items()) + ".", ""]
+        lines += ["| run | wall min | CPU min | resumed | threads | trained on | PGD wall min | AutoAttack CPU min "
+                  "| measured on |", "|---|---|---|---|---|---|---|---|---|"]
         for row in costs["runs"]:
             resumed = {None: "-", True: "yes", False: "no"}[row["resumed"]]
             autoattack = ", ".join(f"{name} {value:.1f}" for name, value in row["autoattack_cpu_minutes"].items())
             lines.append(f"| {row['run_dir']} | {minutes(row['wall_minutes'])} | {minutes(row['cpu_minutes'])} | "
-                         f"{resumed} | {report.threads_text(row['threads'])} | {minutes(row['pgd_wall_minutes'])} | "
-                         f"{autoattack or '-'} |")
+                         f"{resumed} | {report.threads_text(row['threads'])} | "
+                         f"{machines.get(row['trained_on'], '-')} | {minutes(row['pgd_wall_minutes'])} | "
+                         f"{autoattack or '-'} | {machines.get(row['measured_on'], '-')} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def cost_rows(results, times):
+def cost_rows(results, times, measured_on=None):
     """The study's cost, run by run in plan order: {runs: [{run_dir, wall_minutes, cpu_minutes, resumed, threads,
-    pgd_wall_minutes, autoattack_cpu_minutes: {attack: minutes}}], training_cpu_minutes, resumed_runs,
-    untimed_runs, pgd_wall_minutes, autoattack_cpu_minutes, r2s_cpu_minutes (over the R2S measurements that were
-    timed: r2s_timed of r2s_measurements)}. Training figures are those of `times` (run_times.json), None where a
-    run has none."""
+    trained_on, measured_on, pgd_wall_minutes, autoattack_cpu_minutes: {attack: minutes}}], training_cpu_minutes,
+    resumed_runs, untimed_runs, pgd_wall_minutes, autoattack_cpu_minutes, r2s_cpu_minutes (over the R2S
+    measurements that were timed: r2s_timed of r2s_measurements)}. Training figures are those of `times`
+    (run_times.json), None where a run has none; `trained_on` the machine its time records (`machine.label`), and
+    `measured_on` that of its (width, seed) in `measured_on` ({(width, seed): text}), else None."""
+    from rst_tf.measuring import machine
+
     rows = []
     for width in results.widths:
         for seed in results.seeds:
@@ -364,6 +375,8 @@ def cost_rows(results, times):
                     "wall_minutes": found["wall_seconds"] / 60 if "wall_seconds" in found else None,
                     "cpu_minutes": found["cpu_seconds"] / 60 if "cpu_seconds" in found else None,
                     "resumed": found.get("resumed"), "threads": found.get("threads"),
+                    "trained_on": machine.label(found["machine"]) if found.get("machine") else None,
+                    "measured_on": (measured_on or {}).get((width, seed)),
                     "pgd_wall_minutes": sum(pgd) / 60 if None not in pgd else None,
                     "autoattack_cpu_minutes": {name: entry["cpu_seconds"] / 60 for name, entry in sorted(
                         results.measured["autoattack"].get(run_dir, {}).items()) if "cpu_seconds" in entry}})
@@ -377,6 +390,12 @@ def cost_rows(results, times):
             "untimed_runs": sum(row["cpu_minutes"] is None for row in rows),
             "pgd_wall_minutes": total("pgd_wall_minutes"),
             "autoattack_cpu_minutes": sum(sum(row["autoattack_cpu_minutes"].values()) for row in rows)}
+
+
+def machine_keys(rows):
+    """{machine text: "A", "B", ...} in the order the cost rows first name them (trained on, then measured on)."""
+    texts = [text for row in rows for text in (row["trained_on"], row["measured_on"]) if text]
+    return {text: chr(ord("A") + index) for index, text in enumerate(dict.fromkeys(texts))}
 
 
 def costs_text(costs):
@@ -396,11 +415,13 @@ def costs_text(costs):
         "timed)" if untimed else "") + ".")
 
 
-def write(planned, measured, times, config, report_path, command, epsilon, test_examples, units=None):
+def write(planned, measured, times, config, report_path, command, epsilon, test_examples, units=None,
+          measured_on=None):
     """The report at `report_path`, its figure in <report>_figures/gap.png, and <report>.json (widths, seeds,
     test_examples, claims: [{claim, estimate, interval, verdict, ...}], accuracy, scale). `units` ({planned,
     recorded, reported: [(width, seed)]}, default: `planned`'s, all of them) says how much of the study the report
-    covers; the JSON's `complete` is whether it covers every planned (width, seed)."""
+    covers; the JSON's `complete` is whether it covers every planned (width, seed). `measured_on` ({(width, seed):
+    machine text}, from the records) names the machine that measured each (width, seed)."""
     from rst_tf.training import run_dir as run_files
 
     results = Measured(planned, measured, epsilon)
@@ -440,7 +461,7 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
                   "with the other runs' results on those same images."]
     units = units or dict.fromkeys(("planned", "recorded", "reported"), list(planned))
     units = {key: [[width, seed] for width, seed in value] for key, value in units.items()}
-    costs = cost_rows(results, times)
+    costs = cost_rows(results, times, measured_on)
     text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units))
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
