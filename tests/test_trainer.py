@@ -169,3 +169,17 @@ def test_bad_init_from_fails_before_writing(tmp_path, cifar10_path, rst_run, nat
         loop.run(tiny_config(cifar10_path, **overrides), str(tmp_path / "out"), progress=False)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_learning_rate_drops_tenfold_at_each_fraction_and_is_constant_without_drops():
+    import keras
+    import tensorflow as tf
+
+    schedule = loop.learning_rate_schedule(SearchConfig(epochs=4, learning_rate=0.1, lr_drops=(0.5, 0.75)), 10)
+    rates = [float(schedule(step)) for step in (0, 20, 21, 30, 31, 39)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    # No drops (`--lr_drops=`): one rate for the whole run, and an optimizer step takes it.
+    optimizer = keras.optimizers.SGD(loop.learning_rate_schedule(SearchConfig(learning_rate=0.1, lr_drops=()), 10))
+    variable = tf.Variable([1.0])
+    optimizer.apply([tf.constant([2.0])], [variable])
+    np.testing.assert_allclose(variable.numpy(), [0.8], rtol=1e-6)

@@ -22,9 +22,11 @@ _MIXED_PRECISION_POLICY = "mixed_bfloat16"
 
 
 def learning_rate_schedule(config, steps_per_epoch):
-    """Piecewise constant: x0.1 at each fraction of the run in `lr_drops` (paper: 50% and 75%)."""
+    """Piecewise constant: x0.1 at each fraction of the run in `lr_drops` (paper: 50% and 75%); constant with none."""
     total_steps = steps_per_epoch * config.epochs
     boundaries = [int(round(fraction * total_steps)) for fraction in config.lr_drops]
+    if not boundaries:  # Keras's PiecewiseConstantDecay needs at least one boundary
+        return config.learning_rate
     values = [config.learning_rate * 0.1 ** i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
