@@ -227,6 +227,11 @@ def test_the_standard_autoattack_on_the_first_images_is_a_check_not_part_of_the_
 
 def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path):
     planned, measured = _synthetic(tmp_path / "runs", {0.0625: -0.06, 0.125: -0.03, 0.25: 0.0}, autoattack=True)
+    # One search that did not learn (a constant predictor: natural and robust accuracy at chance).
+    collapsed = planned[0.125, 1][1].run_dirs()[0]
+    for protocol in scaling_report.PROTOCOLS:
+        measured["evaluation"][protocol][collapsed] = {"natural_correct": _correct(0.101, 1, 99),
+                                                       "robust_correct": {"8": _correct(0.099, 1, 99)}}
     report = str(tmp_path / "docs" / "scaling.md")
     dense, rst = planned[0.0625, 0]
     fast = {"cpu_model": "Fast CPU", "cpus": 2, "vector_isa": "AVX-512", "matmul_4096_fp32_gflops": 212.04}
@@ -265,6 +270,8 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert ("In all: training 3 CPU minutes over 36 runs (1 resumed, 34 not timed: their time is counted in part or "
             "not at all), PGD evaluation 0 wall minutes, AutoAttack 10 CPU minutes, R2S 2 CPU minutes (17 of its 18 "
             "measurements, one per (width, seed) and protocol, not timed).") in "\n".join(lines)
+    assert [row["run_dir"] for row in found["runs_at_chance"]] == [collapsed]
+    assert f"| {collapsed} | 10.1% [9.2, 11.1] | 9.9% |" in lines
     dense = found["accuracy"]["0.125"]["dense AT"]
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
 

@@ -185,6 +185,26 @@ def accuracy_table(results):
     return table
 
 
+def runs_at_chance(results):
+    """The runs whose search did not leave chance: the 95% Wilson interval of their natural accuracy reaches
+    `CHANCE`. [{run_dir, width, seed, run, natural, interval, standard}] (standard: PGD-20 under the standard
+    protocol), in plan order."""
+    from rst_tf.measuring import intervals
+
+    found = []
+    for width in results.widths:
+        for seed in results.seeds:
+            for run in ("dense_at", *results.ratios):
+                natural = contrasts.unpack(results.correct(width, seed, run, "natural"))
+                low, high = intervals.wilson_interval(int(natural.sum()), natural.size)
+                if low <= CHANCE:
+                    robust = contrasts.unpack(results.correct(width, seed, run, "standard"))
+                    found.append({"run_dir": results.run_dir(width, seed, run), "width": width, "seed": seed,
+                                  "run": run, "natural": float(natural.mean()), "interval": [low, high],
+                                  "standard": float(robust.mean())})
+    return found
+
+
 def autoattack_check(measured, reference="autoattack", fast="autoattack_fast"):
     """Per run where both were measured, the standard AutoAttack against the fast one on the images of the
     standard one (the first of the study's test set): [{run_dir, examples, standard, fast, broken_by_standard_not_fast,
@@ -298,7 +318,7 @@ def interim_lines(units):
     return lines + [""]
 
 
-def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), status=()):
+def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), status=(), at_chance=()):
     lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
              "Command:", "", "```sh", command, "```", "",
              "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
@@ -320,6 +340,15 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
             cells = [_pct(entry[c]) if c in entry else "-" for c in columns]
             lines.append(f"| {width} | {label} | " + " | ".join(cells) + " |")
     lines += ["", f"![RST minus dense AT against width]({figure_file})", ""]
+    if at_chance:
+        lines += ["## Runs that did not leave chance", "",
+                  f"The natural accuracy of these runs is within sampling error of chance ({100 * CHANCE:g}%): their "
+                  "search did not learn. They stay in the study as the method produced them, in their seed's means "
+                  "and, for an RST, in its seed's R2S pool.", "",
+                  "| run | natural [95% interval] | PGD-20 standard |", "|---|---|---|"]
+        lines += [f"| {row['run_dir']} | {100 * row['natural']:.1f}% [{100 * row['interval'][0]:.1f}, "
+                  f"{100 * row['interval'][1]:.1f}] | {100 * row['standard']:.1f}% |" for row in at_chance]
+        lines.append("")
     if checks:
         lines += ["## The fast AutoAttack against the standard one", "",
                   "| run | images | standard | fast | broken by standard, not fast | broken by fast, not standard |",
@@ -462,12 +491,14 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
     units = units or dict.fromkeys(("planned", "recorded", "reported"), list(planned))
     units = {key: [[width, seed] for width, seed in value] for key, value in units.items()}
     costs = cost_rows(results, times, measured_on)
-    text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units))
+    at_chance = runs_at_chance(results)
+    text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units), at_chance)
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
              "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows,
-             "accuracy": table, "autoattack_check": checks, "run_times": times, "costs": costs}
+             "accuracy": table, "autoattack_check": checks, "runs_at_chance": at_chance, "run_times": times,
+             "costs": costs}
     run_files.write_json(stem + ".json", found)
     return found
