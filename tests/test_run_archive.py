@@ -85,3 +85,23 @@ def test_an_archive_of_another_run_or_another_random_network_is_refused_and_noth
     with pytest.raises(ValueError, match="holds no finished run"):
         run_archive.pack(unfinished, str(tmp_path / "c.npz"))
     assert not os.path.exists(tmp_path / "c.npz")
+
+
+def test_a_study_packs_a_run_once_and_again_when_its_configuration_changed(tmp_path):
+    from rst_tf.study import scaling_records
+
+    config = ticket_fixtures.tiny_config(0.2, seed=1)
+    run_dir, records, unit = str(tmp_path / "run"), str(tmp_path / "records"), (0.0625, 1)
+    _finished_run(run_dir, config)
+    path = scaling_records.save_run(records, unit, "rst/ratio_0.2", run_dir)
+    assert path == scaling_records.archive_path(records, unit, "rst/ratio_0.2") and os.path.isfile(path)
+    assert scaling_records.save_run(records, unit, "rst/ratio_0.2", run_dir) is None
+    longer = dataclasses.replace(config, epochs=config.epochs + 1)
+    _finished_run(run_dir, longer)
+    assert scaling_records.save_run(records, unit, "rst/ratio_0.2", run_dir) == path
+    assert run_archive.matches(path, longer) and not run_archive.matches(path, config)
+    restored = str(tmp_path / "restored")
+    assert not scaling_records.restore_run(records, unit, "rst/ratio_0.2", restored, config)
+    assert not os.path.exists(restored)
+    assert scaling_records.restore_run(records, unit, "rst/ratio_0.2", restored, longer)
+    assert executors.is_finished(restored)

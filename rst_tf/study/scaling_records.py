@@ -46,10 +46,10 @@ def archive_path(records_dir, unit, run_name):
 
 
 def save_run(records_dir, unit, run_name, run_dir):
-    """Pack the finished run in `run_dir` (`run_archive.pack`) unless it is packed already; returns the archive's
-    path if written now, else None."""
+    """Pack the finished run in `run_dir` (`run_archive.pack`) unless it is packed already (an archive of another
+    configuration is replaced); returns the archive's path if written now, else None."""
     path = archive_path(records_dir, unit, run_name)
-    if os.path.isfile(path):
+    if os.path.isfile(path) and run_archive.matches(path, run_files.read_config(run_dir)):
         return None
     return run_archive.pack(run_dir, path)
 
