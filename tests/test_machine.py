@@ -15,3 +15,7 @@ def test_a_description_measures_a_positive_peak_and_reads_as_one_line():
     assert machine.label({"cpu_model": "AMD EPYC", "cpus": 2, "vector_isa": "AVX2",
                           "matmul_4096_fp32_gflops": 51.6}) == "AMD EPYC (AVX2), 2 CPUs, fp32 matmul 52 GFLOP/s"
     assert machine.label({"cpu_model": "AMD EPYC"}) == "AMD EPYC"
+    assert machine.identity(dict(found, matmul_4096_fp32_gflops=1.0)) == machine.identity(found)
+    assert machine.identity("AMD EPYC, 2 CPUs") == "AMD EPYC, 2 CPUs" and machine.peak_of("AMD EPYC") is None
+    labelled = machine.label(dict(found, matmul_4096_fp32_gflops=190.4))
+    assert machine.identity(labelled) == machine.identity(found) and machine.peak_of(labelled) == 190

@@ -234,17 +234,19 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
                                                        "robust_correct": {"8": _correct(0.099, 1, 99)}}
     report = str(tmp_path / "docs" / "scaling.md")
     dense, rst = planned[0.0625, 0]
-    fast = {"cpu_model": "Fast CPU", "cpus": 2, "vector_isa": "AVX-512", "matmul_4096_fp32_gflops": 212.04}
+    fast = {"cpu_model": "Fast CPU", "cpus": 2, "vector_isa": "AVX-512", "matmul_4096_fp32_gflops": 101.2}
     times = {dense.output_dir: {"wall_seconds": 120.0, "cpu_seconds": 90.0, "resumed": False, "threads": 1,
                                 "machine": fast},
-             rst.run_dirs()[0]: {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True}}
+             rst.run_dirs()[0]: {"wall_seconds": 60.0, "cpu_seconds": 114.0, "resumed": True,
+                                 "machine": dict(fast, matmul_4096_fp32_gflops=94.6)}}
     measured["evaluation"]["standard"][dense.output_dir]["seconds"] = 30.0
     measured["evaluation"]["paper"][dense.output_dir]["seconds"] = 0.0  # read off the standard run
     measured["autoattack"][dense.output_dir]["autoattack_fast"]["cpu_seconds"] = 600.0
     measured["r2s"][0.0625, 0, "standard"]["cpu_seconds"] = 120.0
     found = scaling_report.write(planned, measured, times, SearchConfig(epochs=4), report,
                                  "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES,
-                                 measured_on={(0.0625, 0): "Slow CPU, 2 CPUs"})
+                                 measured_on={(0.0625, 0): "Slow CPU, 2 CPUs",
+                                              (0.0625, 1): dict(fast, matmul_4096_fp32_gflops=190.4)})
     written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
     assert written["widths"] == list(WIDTHS) and written["seeds"] == [0, 1, 2]
     assert written["test_examples"] == NUM_IMAGES
@@ -260,12 +262,14 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
               "measured on |")
     assert lines[lines.index(header) + 2:][:3] == [
         f"| {dense.output_dir} | 2.0 | 1.5 | no | 1 | A | 0.5 | autoattack_fast 10.0 | B |",
-        f"| {rst.run_dirs()[0]} | 1.0 | 1.9 | yes | - | - | - | - | B |",
+        f"| {rst.run_dirs()[0]} | 1.0 | 1.9 | yes | - | A | - | - | B |",
         f"| {rst.run_dirs()[1]} | - | - | - | - | - | - | - | B |"]
-    assert ("Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of the run, on its threads, or when the "
-            "(width, seed) was recorded): A: Fast CPU (AVX-512), 2 CPUs, fp32 matmul 212 GFLOP/s; "
-            "B: Slow CPU, 2 CPUs.") in lines
-    assert lines[lines.index(header) + 2 + 4].endswith("| - |")  # width 1/16 seed 1: measured on no known machine
+    assert ("Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of a run, on its threads, or when a "
+            "(width, seed) was recorded, on all of them): A: Fast CPU (AVX-512), 2 CPUs (fp32 matmul 95 to 101 "
+            "GFLOP/s at the end of its runs; 190 GFLOP/s when it recorded a (width, seed)); B: Slow CPU, "
+            "2 CPUs.") in lines
+    assert lines[lines.index(header) + 2 + 4].endswith("| A |")  # width 1/16 seed 1: measured on the fast one
+    assert lines[lines.index(header) + 2 + 8].endswith("| - |")  # width 1/16 seed 2: on no known machine
     assert len(found["costs"]["runs"]) == 3 * 3 * 4 and found["costs"]["training_cpu_minutes"] == pytest.approx(3.4)
     assert ("In all: training 3 CPU minutes over 36 runs (1 resumed, 34 not timed: their time is counted in part or "
             "not at all), PGD evaluation 0 wall minutes, AutoAttack 10 CPU minutes, R2S 2 CPU minutes (17 of its 18 "

@@ -4,8 +4,10 @@
     machine.cpu_info()            # {"cpu_model": "AMD EPYC 9R14", "cpu_flags": [...]}
     machine.matmul_gflops()       # (median GFLOP/s, every sample), on this process's TensorFlow threads
     machine.describe()            # {"cpu_model", "cpus", "vector_isa", "matmul_4096_fp32_gflops"}
+    machine.identity(found)       # "AMD EPYC (AVX-512), 2 CPUs": the machine, whatever its speed now
 """
 import os
+import re
 import statistics
 import time
 
@@ -62,13 +64,34 @@ def describe(peak_repeats=3):
     return found
 
 
-def label(described):
-    """One line for a `describe` result: "AMD EPYC (AVX-512), 2 CPUs, fp32 matmul 212 GFLOP/s"."""
+_LABELLED_PEAK = re.compile(r"^(?P<identity>.*), fp32 matmul (?P<peak>[0-9.]+) GFLOP/s$")
+
+
+def identity(described):
+    """Which machine a `describe` result names, without its speed now: "AMD EPYC (AVX-512), 2 CPUs" (a text, as
+    older results give, without the peak that `label` appends)."""
+    if isinstance(described, str):
+        found = _LABELLED_PEAK.match(described)
+        return found["identity"] if found else described
     text = described.get("cpu_model", "unknown")
     if described.get("vector_isa"):
         text += f" ({described['vector_isa']})"
     if described.get("cpus"):
         text += f", {described['cpus']} CPUs"
-    if described.get("matmul_4096_fp32_gflops"):
-        text += f", fp32 matmul {described['matmul_4096_fp32_gflops']:.0f} GFLOP/s"
+    return text
+
+
+def peak_of(described):
+    """The fp32 peak a `describe` result (or a `label`) measured, or None."""
+    if isinstance(described, str):
+        found = _LABELLED_PEAK.match(described)
+        return float(found["peak"]) if found else None
+    return described.get("matmul_4096_fp32_gflops")
+
+
+def label(described):
+    """One line for a `describe` result: "AMD EPYC (AVX-512), 2 CPUs, fp32 matmul 212 GFLOP/s"."""
+    text = identity(described)
+    if peak_of(described):
+        text += f", fp32 matmul {peak_of(described):.0f} GFLOP/s"
     return text

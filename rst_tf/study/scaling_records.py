@@ -185,6 +185,6 @@ def save(records_dir, unit, settings, caches, output_dir, partial=False):
 
 
 def _machine(peak=True):
-    """The machine that measured the record's times: CPU model, vector instructions, CPUs and (`peak`) its fp32
-    peak now."""
-    return machine.label(machine.describe(peak_repeats=3 if peak else 0))
+    """The machine that measured the record's times (`machine.describe`: CPU model, vector instructions, CPUs and,
+    with `peak`, its fp32 peak now)."""
+    return machine.describe(peak_repeats=3 if peak else 0)

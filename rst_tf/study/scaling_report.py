@@ -367,9 +367,9 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
                   "Machines differ in speed by several times: compare times on one machine. " + costs_text(costs),
                   ""]
         if machines:
-            lines += ["Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of the run, on its threads, or "
-                      "when the (width, seed) was recorded): " + "; ".join(
-                          f"{key}: {text}" for text, key in machines.items()) + ".", ""]
+            lines += ["Machines (fp32 peak: a 4096x4096 TensorFlow matmul at the end of a run, on its threads, or "
+                      "when a (width, seed) was recorded, on all of them): " + machine_legend(costs["runs"], machines)
+                      + ".", ""]
         lines += ["| run | wall min | CPU min | resumed | threads | trained on | PGD wall min | AutoAttack CPU min "
                   "| measured on |", "|---|---|---|---|---|---|---|---|---|"]
         for row in costs["runs"]:
@@ -388,8 +388,9 @@ def cost_rows(results, times, measured_on=None):
     trained_on, measured_on, pgd_wall_minutes, autoattack_cpu_minutes: {attack: minutes}}], training_cpu_minutes,
     resumed_runs, untimed_runs, pgd_wall_minutes, autoattack_cpu_minutes, r2s_cpu_minutes (over the R2S
     measurements that were timed: r2s_timed of r2s_measurements)}. Training figures are those of `times`
-    (run_times.json), None where a run has none; `trained_on` the machine its time records (`machine.label`), and
-    `measured_on` that of its (width, seed) in `measured_on` ({(width, seed): text}), else None."""
+    (run_times.json), None where a run has none; `trained_on` the machine its time records (`machine.identity`)
+    and `trained_peak` its fp32 peak then, `measured_on` and `measured_peak` those of its (width, seed) in
+    `measured_on` ({(width, seed): `machine.describe` result, or a text}), else None."""
     from rst_tf.measuring import machine
 
     rows = []
@@ -398,14 +399,17 @@ def cost_rows(results, times, measured_on=None):
             for run in ("dense_at", *results.ratios):
                 run_dir = results.run_dir(width, seed, run)
                 found = times.get(run_dir, {})
+                measuring = (measured_on or {}).get((width, seed))
                 pgd = [results.measured["evaluation"][p].get(run_dir, {}).get("seconds") for p in PROTOCOLS]
                 rows.append({
                     "run_dir": run_dir,
                     "wall_minutes": found["wall_seconds"] / 60 if "wall_seconds" in found else None,
                     "cpu_minutes": found["cpu_seconds"] / 60 if "cpu_seconds" in found else None,
                     "resumed": found.get("resumed"), "threads": found.get("threads"),
-                    "trained_on": machine.label(found["machine"]) if found.get("machine") else None,
-                    "measured_on": (measured_on or {}).get((width, seed)),
+                    "trained_on": machine.identity(found["machine"]) if found.get("machine") else None,
+                    "trained_peak": machine.peak_of(found["machine"]) if found.get("machine") else None,
+                    "measured_on": machine.identity(measuring) if measuring else None,
+                    "measured_peak": machine.peak_of(measuring) if measuring else None,
                     "pgd_wall_minutes": sum(pgd) / 60 if None not in pgd else None,
                     "autoattack_cpu_minutes": {name: entry["cpu_seconds"] / 60 for name, entry in sorted(
                         results.measured["autoattack"].get(run_dir, {}).items()) if "cpu_seconds" in entry}})
@@ -422,9 +426,29 @@ def cost_rows(results, times, measured_on=None):
 
 
 def machine_keys(rows):
-    """{machine text: "A", "B", ...} in the order the cost rows first name them (trained on, then measured on)."""
+    """{machine: "A", "B", ...} in the order the cost rows first name them (trained on, then measured on)."""
     texts = [text for row in rows for text in (row["trained_on"], row["measured_on"]) if text]
     return {text: chr(ord("A") + index) for index, text in enumerate(dict.fromkeys(texts))}
+
+
+def machine_legend(rows, machines):
+    """"A: AMD EPYC (AVX-512), 2 CPUs (fp32 matmul 95 to 101 GFLOP/s at the end of its runs, 190 when it recorded)"
+    for each machine of `machine_keys`."""
+    def span(values):
+        values = sorted(value for value in values if value)
+        if not values:
+            return ""
+        low, high = round(values[0]), round(values[-1])
+        return f"{low}" if low == high else f"{low} to {high}"
+
+    parts = []
+    for text, key in machines.items():
+        peaks = [f"{span(row['trained_peak'] for row in rows if row['trained_on'] == text)} GFLOP/s at the end "
+                 "of its runs", f"{span(row['measured_peak'] for row in rows if row['measured_on'] == text)} "
+                 "GFLOP/s when it recorded a (width, seed)"]
+        peaks = [peak for peak in peaks if not peak.startswith(" ")]
+        parts.append(f"{key}: {text}" + (f" (fp32 matmul {'; '.join(peaks)})" if peaks else ""))
+    return "; ".join(parts)
 
 
 def costs_text(costs):
