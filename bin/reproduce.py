@@ -75,6 +75,10 @@ flags.DEFINE_string("records_dir", "", "Scaling study: keep each wholly measured
                     "(one JSON file each), and read back those recorded with the same settings instead of training "
                     "and measuring them again: the study continues on another machine without its runs. Empty: no "
                     "records.")
+flags.DEFINE_string("runs_archive_dir", "", "Scaling study: pack each trained run here (masks as bits, random "
+                    "kernels drawn again from the seed) and unpack those not finished in --output_dir, so that "
+                    "another machine continues a (width, seed) in progress. Durable storage outside the repository: "
+                    "trained networks are not committed. Empty: runs are not packed.")
 flags.DEFINE_bool("report_recorded", False, "Scaling study: write the report of the study so far from --records_dir "
                   "alone (the recorded (width, seed)s, every seed at every width it has), training and measuring "
                   "nothing; needs neither the runs nor the data.")
@@ -147,8 +151,10 @@ def _scaling(config):
         except ValueError as error:
             common.fail(f"--seeds: {error}")
         planned = scaling.plan(config, widths, ratios, FLAGS.output_dir, seeds)
-        if FLAGS.records_dir and os.path.exists(FLAGS.records_dir) and not os.path.isdir(FLAGS.records_dir):
-            common.fail(f"--records_dir {FLAGS.records_dir} is not a folder")
+        for name in ("records_dir", "runs_archive_dir"):
+            folder = getattr(FLAGS, name)
+            if folder and os.path.exists(folder) and not os.path.isdir(folder):
+                common.fail(f"--{name} {folder} is not a folder")
         if FLAGS.report_recorded:
             if FLAGS.dry_run:
                 common.fail("--report_recorded and --dry_run: choose one")
@@ -180,7 +186,7 @@ def _scaling(config):
                               stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags(),
                               r2s_test_examples=FLAGS.r2s_test_examples or None,
                               reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
-                              records_dir=FLAGS.records_dir)
+                              records_dir=FLAGS.records_dir, archive_dir=FLAGS.runs_archive_dir)
         common.write_flags(FLAGS.output_dir)
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")
@@ -238,10 +244,10 @@ def _print_progress(scaling, planned):
         if unit in recorded:
             continue
         packed, runs, measured = scaling.kept_progress(planned, unit, FLAGS.output_dir, FLAGS.records_dir,
-                                                       _unit_settings(scaling, planned, unit))
+                                                       _unit_settings(scaling, planned, unit), FLAGS.runs_archive_dir)
         if packed or measured:
-            print(f"in progress in {FLAGS.records_dir}: width {unit[0]:g} seed {unit[1]}: {packed} of {runs} runs "
-                  f"trained and packed, {measured} measurements and run times kept")
+            print(f"in progress: width {unit[0]:g} seed {unit[1]}: {packed} of {runs} runs trained and packed in "
+                  f"--runs_archive_dir, {measured} measurements and run times kept in {FLAGS.records_dir}")
 
 
 def _recorded_units(scaling, planned):

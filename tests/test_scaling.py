@@ -343,16 +343,16 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
                           data_dir=cifar10_path)
     widths, ratios, seeds = (0.0625,), (0.1, 0.2), (0, 1)
     first, records = str(tmp_path / "first" / "runs"), str(tmp_path / "docs" / "records")
+    archive = str(tmp_path / "archive")  # trained runs: outside the repository
     planned = _stand_in_study(config, widths, ratios, first, seeds)
     # One-step attacks stand in for the AutoAttacks; both PGD protocols (the paper's read off the standard one).
     options = dict(test_examples=8, batch_size=8, r2s_test_examples=4, reference_autoattack_examples=4,
                    autoattack=("fgsm",), reference_autoattack="fgsm_rs", protocols=("standard", "paper"),
-                   records_dir=records, stop_after="evaluate")
+                   records_dir=records, archive_dir=archive, stop_after="evaluate")
     messages = []
     assert scaling.run(config, widths, ratios, first, str(tmp_path / "first" / "scaling.md"), seeds,
                        log=messages.append, **options) is None
-    assert sorted(name for name in os.listdir(records) if name.endswith(".json")) == [
-        "width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
+    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
     # A unit is measured and recorded as soon as its runs are done, before the next unit's runs.
     done = [m.split(":")[0] for m in messages if m.endswith("finished, skipped") or "recorded in" in m]
     assert done == ["width 0.0625 seed 0"] * 4 + ["width 0.0625 seed 1"] * 4
@@ -418,10 +418,10 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
         ours, theirs = (open(os.path.join(folder, name)).read() for folder in (first, second))
         assert json.loads(theirs.replace(second, first)) == json.loads(ours)
 
-    # Every trained run is packed beside the records, and no partial record is left once a unit is recorded.
-    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0", "width_0.0625_seed_0.json", "width_0.0625_seed_1",
-                                           "width_0.0625_seed_1.json"]
-    assert sorted(os.listdir(os.path.join(records, "width_0.0625_seed_1", "rst"))) == ["ratio_0.1.npz",
+    # Every trained run is packed in the archive folder, and no partial record is left once a unit is recorded.
+    assert sorted(os.listdir(records)) == ["width_0.0625_seed_0.json", "width_0.0625_seed_1.json"]
+    assert sorted(os.listdir(archive)) == ["width_0.0625_seed_0", "width_0.0625_seed_1"]
+    assert sorted(os.listdir(os.path.join(archive, "width_0.0625_seed_1", "rst"))) == ["ratio_0.1.npz",
                                                                                      "ratio_0.2.npz"]
     # A unit in progress continues on another machine: seed 1 not recorded, its runs packed and its PGD and R2S
     # measured. Its runs are unpacked rather than trained, only its AutoAttacks are measured, and they find what
@@ -437,13 +437,14 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     times = {dense_dir: {"wall_seconds": 60.0, "cpu_seconds": 100.0, "resumed": False, "threads": 1}}
     json.dump(times, open(os.path.join(first, "run_times.json"), "w"))
     scaling_records.save(progress, unit, settings, caches, first, partial=True)
-    assert scaling.kept_progress(planned, unit, first, progress, settings) == (3, 3, 9)
+    assert scaling.kept_progress(planned, unit, first, progress, settings, archive) == (3, 3, 9)
+    assert scaling.kept_progress(planned, unit, first, progress, settings) == (0, 3, 9)
     fourth = str(tmp_path / "fourth" / "runs")
     messages = []
     scaling.run(config, widths, ratios, fourth, str(tmp_path / "fourth" / "scaling.md"), seeds,
                 log=messages.append, **dict(options, records_dir=progress))
     assert [m for m in messages if "unpacked from" in m] == [
-        f"width 0.0625 seed 1: {name} unpacked from {os.path.join(progress, 'width_0.0625_seed_1', name)}.npz"
+        f"width 0.0625 seed 1: {name} unpacked from {os.path.join(archive, 'width_0.0625_seed_1', name)}.npz"
         for name in ("dense_at", "rst/ratio_0.1", "rst/ratio_0.2")]
     assert "width 0.0625 seed 1: 9 measurements read from" in "\n".join(messages)
     assert json.load(open(os.path.join(fourth, "run_times.json"))) == {
@@ -465,7 +466,8 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     # The report of the study so far, from the records alone: no runs, no data, nothing written but the report.
     # Every (width, seed) recorded: the claims are those of the measurements the records were made from.
     third, report = str(tmp_path / "third" / "runs"), str(tmp_path / "third" / "docs" / "scaling.md")
-    recorded_options = {key: value for key, value in options.items() if key not in ("batch_size", "stop_after")}
+    recorded_options = {key: value for key, value in options.items()
+                        if key not in ("batch_size", "stop_after", "archive_dir")}
     found = scaling.report_recorded(dataclasses.replace(config, data_dir=str(tmp_path / "no data")), widths, ratios,
                                     third, report, seeds, log=messages.append, **recorded_options)
     assert not os.path.exists(third) and found["complete"] and found["seeds"] == [0, 1]

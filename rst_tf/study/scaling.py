@@ -332,13 +332,14 @@ def unit_caches(planned, unit, output_dir, protocols=None):
 def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_examples=10000, epsilon=8.0,
         command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None,
         r2s_test_examples=None, reference_autoattack_examples=None, records_dir="", autoattack=("autoattack_fast",),
-        reference_autoattack="autoattack", protocols=None):
+        reference_autoattack="autoattack", protocols=None, archive_dir=""):
     """The whole study, unit by unit (`unit_order`): train its runs (`train`), evaluate them on `test_examples` test
     images (`evaluate`; R2S and the standard AutoAttack on the first `r2s_test_examples` and
     `reference_autoattack_examples` of them) as soon as they are trained, and record the unit's results in
     `records_dir` (if given; `scaling_records`). A unit recorded there with the same settings is read back instead
-    of trained and measured; of a unit in progress, its runs packed there once trained and its measurements so far
-    (saved after each one) are taken rather than made again (`restore_progress`). Then the report
+    of trained and measured; of a unit in progress, its measurements so far (saved there after each one) and its
+    runs packed in `archive_dir` once trained (if given: durable storage outside the repository, as trained networks
+    are not committed) are taken rather than made again (`restore_progress`). Then the report
     (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
     <report>.json. Returns that JSON's content, or None when `stop_after`
     is "train" or "evaluate". `autoattack`, `reference_autoattack` and `protocols` are `evaluate`'s. The runs go
@@ -370,7 +371,7 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
         else:
             left.append(unit)
             if records_dir:
-                restore_progress(planned, unit, output_dir, records_dir, settings(unit), log)
+                restore_progress(planned, unit, output_dir, records_dir, settings(unit), log, archive_dir)
     test_sets = measure.TestSets(config.data_dir, batch_size, test_seed=seeds[0], test_examples=test_examples)
     untrained = {unit: set(unit_run_dirs(planned[unit])) for unit in left}
 
@@ -394,11 +395,12 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     def trained(run_dir):
         for unit, waiting in untrained.items():
             if run_dir in waiting:
-                if records_dir:
-                    path = scaling_records.save_run(records_dir, unit, run_name(output_dir, unit, run_dir), run_dir)
+                if archive_dir:
+                    path = scaling_records.save_run(archive_dir, unit, run_name(output_dir, unit, run_dir), run_dir)
                     if path:
                         log(f"width {unit[0]:g} seed {unit[1]}: packed {run_dir} in {path}")
-                        keep_progress(unit)  # with its run time
+                if records_dir:
+                    keep_progress(unit)  # with its run time
                 waiting.discard(run_dir)
                 if not waiting and stop_after != "train":
                     (measurer.submit if measurer else measure_unit)(unit)
@@ -424,25 +426,27 @@ def run_name(output_dir, unit, run_dir):
     return os.path.relpath(run_dir, reproduce.seed_dir(width_dir(output_dir, unit[0]), unit[1]))
 
 
-def kept_progress(planned, unit, output_dir, records_dir, settings):
-    """What `records_dir` keeps of `unit` in progress: (its runs packed there with their planned configuration, its
-    runs, the measurements and run times in its partial record made with `settings`)."""
+def kept_progress(planned, unit, output_dir, records_dir, settings, archive_dir=""):
+    """What is kept of `unit` in progress: (its runs packed in `archive_dir` with their planned configuration, its
+    runs, the measurements and run times in its partial record in `records_dir` made with `settings`)."""
     from rst_tf.study import run_archive
     from rst_tf.study import scaling_records
 
     runs = [(run_name(output_dir, unit, run_dir), config) for step in planned[unit]
             for _, run_dir, config in reproduce.step_configs(step)]
-    packed = [name for name, config in runs if os.path.isfile(scaling_records.archive_path(records_dir, unit, name))
-              and run_archive.matches(scaling_records.archive_path(records_dir, unit, name), config)]
+    packed = [name for name, config in runs if archive_dir
+              and os.path.isfile(scaling_records.archive_path(archive_dir, unit, name))
+              and run_archive.matches(scaling_records.archive_path(archive_dir, unit, name), config)]
     record = scaling_records.load(records_dir, unit, settings, partial=True) or {"caches": {}}
     measured = sum((1 if entries["content"] else 0) if entries.get("whole") else len(entries["by_run"])
                    for entries in record["caches"].values())
     return len(packed), len(runs), measured
 
 
-def restore_progress(planned, unit, output_dir, records_dir, settings, log=print):
-    """What `records_dir` keeps of `unit` in progress (`scaling_records`), written into `output_dir`: its packed
-    runs that are not finished here, and the measurements of its partial record that the caches here lack."""
+def restore_progress(planned, unit, output_dir, records_dir, settings, log=print, archive_dir=""):
+    """What is kept of `unit` in progress (`scaling_records`), written into `output_dir`: its runs packed in
+    `archive_dir` that are not finished here, and the measurements of its partial record in `records_dir` that the
+    caches here lack."""
     from rst_tf.study import executors
     from rst_tf.study import scaling_records
 
@@ -450,9 +454,9 @@ def restore_progress(planned, unit, output_dir, records_dir, settings, log=print
     for step in planned[unit]:
         for _, run_dir, config in reproduce.step_configs(step):
             name = run_name(output_dir, unit, run_dir)
-            if not executors.is_finished(run_dir) and scaling_records.restore_run(records_dir, unit, name, run_dir,
-                                                                                  config):
-                log(prefix + f"{name} unpacked from {scaling_records.archive_path(records_dir, unit, name)}")
+            if archive_dir and not executors.is_finished(run_dir) and scaling_records.restore_run(
+                    archive_dir, unit, name, run_dir, config):
+                log(prefix + f"{name} unpacked from {scaling_records.archive_path(archive_dir, unit, name)}")
     written = scaling_records.restore_partial(records_dir, unit, settings, output_dir)
     if written:
         log(prefix + f"{written} measurements read from {scaling_records.record_path(records_dir, unit, True)}")

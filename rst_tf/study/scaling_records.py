@@ -12,12 +12,13 @@ belong to it: evaluation under each protocol, AutoAttack and run times by run, i
 path relative to the study's output folder. A record counts only for a study with the same settings.
 
 A (width, seed) in progress keeps what it has done too, so that another machine continues it rather than starting
-it again: each trained run packed in `width_<w>_seed_<s>/<run>.npz` (`run_archive`; kept once the unit is
-recorded, as the study's trained networks), and the measurements made so far in `width_<w>_seed_<s>.partial.json`
-(a record of the caches as they are, replaced by the record when the unit is wholly measured).
+it again: the measurements made so far in `width_<w>_seed_<s>.partial.json` (a record of the caches as they are,
+replaced by the record when the unit is wholly measured), and, in an archive folder of its own outside the
+repository (trained networks are not committed), each trained run packed in `width_<w>_seed_<s>/<run>.npz`
+(`run_archive`).
 
-    scaling_records.save_run(records_dir, (0.125, 1), "rst/ratio_0.2", run_dir)       # once the run is trained
-    scaling_records.restore_run(records_dir, (0.125, 1), "rst/ratio_0.2", run_dir, config)   # True: unpacked
+    scaling_records.save_run(archive_dir, (0.125, 1), "rst/ratio_0.2", run_dir)       # once the run is trained
+    scaling_records.restore_run(archive_dir, (0.125, 1), "rst/ratio_0.2", run_dir, config)   # True: unpacked
     scaling_records.save(records_dir, (0.125, 1), record, caches, output_dir, partial=True)   # as it is measured
     scaling_records.restore_partial(records_dir, (0.125, 1), record, output_dir)      # what is not measured here
 """
@@ -25,7 +26,6 @@ import datetime
 import os
 
 from rst_tf.measuring import machine
-from rst_tf.study import run_archive
 from rst_tf.study import sweep
 from rst_tf.training import run_dir as run_files
 
@@ -40,24 +40,28 @@ def record_path(records_dir, unit, partial=False):
     return os.path.join(records_dir, unit_name(unit) + (".partial.json" if partial else ".json"))
 
 
-def archive_path(records_dir, unit, run_name):
+def archive_path(archive_dir, unit, run_name):
     """Where a trained run of `unit` is packed: `run_name` is its folder within the unit's ("rst/ratio_0.2")."""
-    return os.path.join(records_dir, unit_name(unit), run_name + ".npz")
+    return os.path.join(archive_dir, unit_name(unit), run_name + ".npz")
 
 
-def save_run(records_dir, unit, run_name, run_dir):
+def save_run(archive_dir, unit, run_name, run_dir):
     """Pack the finished run in `run_dir` (`run_archive.pack`) unless it is packed already (an archive of another
     configuration is replaced); returns the archive's path if written now, else None."""
-    path = archive_path(records_dir, unit, run_name)
+    from rst_tf.study import run_archive
+
+    path = archive_path(archive_dir, unit, run_name)
     if os.path.isfile(path) and run_archive.matches(path, run_files.read_config(run_dir)):
         return None
     return run_archive.pack(run_dir, path)
 
 
-def restore_run(records_dir, unit, run_name, run_dir, config):
+def restore_run(archive_dir, unit, run_name, run_dir, config):
     """Unpack the packed run of `unit` into `run_dir` as a finished run of `config` (`run_archive.unpack`) if one
     was packed with the configuration `config` gives; True if unpacked, else False (nothing written)."""
-    path = archive_path(records_dir, unit, run_name)
+    from rst_tf.study import run_archive
+
+    path = archive_path(archive_dir, unit, run_name)
     if not os.path.isfile(path) or not run_archive.matches(path, config):
         return False
     run_archive.unpack(path, run_dir, config)
