@@ -63,7 +63,8 @@ flags.DEFINE_enum("study", "paper", ["paper", "scaling"], "paper: the paper's se
                   "(docs/scaling.md).")
 flags.DEFINE_list("widths", ["0.0625", "0.125", "0.25"], "Width multipliers of the scaling study, increasing.")
 flags.DEFINE_string("cost_model", "docs/scaling_pilot.json", "The pilot's measured costs, from which --dry_run "
-                    "estimates the scaling study's CPU minutes.")
+                    "estimates the scaling study's CPU minutes; the study's report links the pilot's report beside "
+                    "it (the same name ending in .md), if there is one.")
 flags.DEFINE_integer("study_test_examples", 10000, "Scaling study: test images of its evaluation (the runs' "
                      "own test reports use --test_examples).", lower_bound=1)
 flags.DEFINE_integer("r2s_test_examples", 0, "Scaling study: R2S on the first this many of its test images "
@@ -165,7 +166,8 @@ def _scaling(config):
                 config, widths, ratios, FLAGS.output_dir, FLAGS.report, seeds, FLAGS.records_dir,
                 test_examples=FLAGS.study_test_examples, epsilon=float(FLAGS.eval_epsilons[0]), command=command,
                 r2s_test_examples=FLAGS.r2s_test_examples or None,
-                reference_autoattack_examples=FLAGS.reference_autoattack_examples or None)
+                reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
+                pilot_path=_pilot_report())
             _print_claims(results)
             return
         if FLAGS.dry_run:
@@ -186,7 +188,8 @@ def _scaling(config):
                               stop_after=FLAGS.stop_after, executor=executor_flags.executor_from_flags(),
                               r2s_test_examples=FLAGS.r2s_test_examples or None,
                               reference_autoattack_examples=FLAGS.reference_autoattack_examples or None,
-                              records_dir=FLAGS.records_dir, archive_dir=FLAGS.runs_archive_dir)
+                              records_dir=FLAGS.records_dir, archive_dir=FLAGS.runs_archive_dir,
+                              pilot_path=_pilot_report())
         common.write_flags(FLAGS.output_dir)
     if results is None:
         print(f"stopped after: {FLAGS.stop_after}")
@@ -194,11 +197,19 @@ def _scaling(config):
     _print_claims(results)
 
 
+def _pilot_report():
+    """The pilot's report beside its cost model (docs/scaling_pilot.md), or "" if there is none."""
+    path = os.path.splitext(FLAGS.cost_model)[0] + ".md"
+    return path if os.path.isfile(path) else ""
+
+
 def _print_claims(results):
-    for row in results["claims"]:
-        low, high = row["interval"]
-        interval = "no interval (one seed)" if low != low else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
-        print(f"{row['verdict']}: {row['section']}: {row['claim']}: {100 * row['estimate']:+.1f} points {interval}")
+    for prefix, rows in (("", results["claims"]), ("regime check: ", results.get("regime", []))):
+        for row in rows:
+            low, high = row["interval"]
+            interval = "no interval (one seed)" if low != low else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+            print(f"{prefix}{row['verdict']}: {row['section']}: {row['claim']}: {100 * row['estimate']:+.1f} points "
+                  f"{interval}")
     done = "" if results["complete"] else (f" (the study so far: {len(results['units']['reported'])} of "
                                           f"{len(results['units']['planned'])} (width, seed)s)")
     print(f"wrote {FLAGS.report}{done}")

@@ -133,17 +133,19 @@ def _correct(accuracy, seed, salt):
     return contrasts.pack(values)
 
 
-def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=False, r2s_examples=NUM_IMAGES):
-    """A planned study with per-example results: dense AT robust `dense` at every width, the RST at 20% robust
-    `dense + gap_by_width[w]`, natural 0.2 above each, R2S vanilla 0.05 above the best ticket, EOT and Ensemble at
-    dense - 0.02 (R2S on the first `r2s_examples` images only)."""
+def _synthetic(tmp_path, gap_by_width, dense=0.30, seeds=(0, 1, 2), autoattack=False, r2s_examples=NUM_IMAGES,
+               dense_gain=0.0):
+    """A planned study with per-example results: dense AT robust `dense` at the narrowest width and `dense_gain`
+    more per doubling, the RST at 20% robust `gap_by_width[w]` above dense AT, natural 0.2 above each, R2S vanilla
+    0.05 above the best ticket, EOT and Ensemble at dense - 0.02 (R2S on the first `r2s_examples` images only)."""
     planned = scaling.plan(SearchConfig(epochs=1), WIDTHS, RATIOS, str(tmp_path), seeds)
     evaluation = {p: {} for p in scaling_report.PROTOCOLS}
     r2s, found_aa = {}, {}
     for (width, seed), (dense_step, rst_step) in planned.items():
-        accuracies = {dense_step.output_dir: dense}
+        dense_here = dense + dense_gain * np.log2(width / WIDTHS[0])
+        accuracies = {dense_step.output_dir: dense_here}
         for ratio, run_dir in zip(RATIOS, rst_step.run_dirs()):
-            accuracies[run_dir] = dense + gap_by_width[width] - (0.2 - ratio) / 10
+            accuracies[run_dir] = dense_here + gap_by_width[width] - (0.2 - ratio) / 10
         for index, (run_dir, accuracy) in enumerate(accuracies.items()):
             salt = int(width * 1000) + index
             for protocol in scaling_report.PROTOCOLS:
@@ -183,6 +185,29 @@ def test_claims_follow_the_per_example_results_at_each_width_and_across_widths(t
     assert by["trend", None, "natural"]["estimate"] == pytest.approx(0.03)
     assert "AutoAttack" not in by["trend", None, "worst"]["claim"]
     assert {row["verdict"] for row in rows} <= set(contrasts.VERDICTS)
+
+
+@pytest.mark.parametrize("dense_gain, verdict", [
+    (0.04, "holds"), (0.0, "undecided at this scale"), (-0.04, "does not hold")])
+def test_the_regime_checks_that_dense_at_leaves_chance_and_gains_from_width(tmp_path, dense_gain, verdict):
+    planned, measured = _synthetic(tmp_path, {w: -0.03 for w in WIDTHS}, dense_gain=dense_gain)
+    results = scaling_report.Measured(planned, measured, 8.0)
+    rows = {(row["kind"], row.get("width"), row["protocol"]): row for row in scaling_report.regime_checks(results)}
+    assert set(rows) == {("dense_above_chance", 0.0625, "natural"), ("dense_above_chance", 0.25, "natural"),
+                         ("dense_gains_from_width", None, "natural"), ("dense_gains_from_width", None, "standard")}
+    assert rows["dense_above_chance", 0.0625, "natural"]["estimate"] == pytest.approx(0.5 - 0.1)
+    assert rows["dense_above_chance", 0.0625, "natural"]["verdict"] == "holds"
+    for protocol in ("natural", "standard"):
+        gain = rows["dense_gains_from_width", None, protocol]
+        assert gain["estimate"] == pytest.approx(dense_gain, abs=1e-9) and gain["verdict"] == verdict
+        assert gain["per_seed"] == pytest.approx([dense_gain] * 3, abs=1e-9)
+    # The gap's own trend is RST minus dense AT: dense AT's gain alone does not move it.
+    trend, = [row for row in scaling_report.claims(results) if row["kind"] == "trend" and row["protocol"] == "standard"]
+    assert trend["estimate"] == pytest.approx(0.0, abs=1e-9)
+    # At one width there is no gain to check, only that dense AT leaves chance there.
+    one_width = {unit: steps for unit, steps in planned.items() if unit[0] == 0.125}
+    only = scaling_report.regime_checks(scaling_report.Measured(one_width, measured, 8.0))
+    assert [(row["kind"], row["width"]) for row in only] == [("dense_above_chance", 0.125)]
 
 
 def test_the_worst_case_includes_autoattack_once_every_compared_run_has_it(tmp_path):
@@ -246,13 +271,20 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     found = scaling_report.write(planned, measured, times, SearchConfig(epochs=4), report,
                                  "bin/reproduce --flagfile=flags/reproduce/scaling.cfg", 8.0, NUM_IMAGES,
                                  measured_on={(0.0625, 0): "Slow CPU, 2 CPUs",
-                                              (0.0625, 1): dict(fast, matmul_4096_fp32_gflops=190.4)})
+                                              (0.0625, 1): dict(fast, matmul_4096_fp32_gflops=190.4)},
+                                 pilot_path=str(tmp_path / "docs" / "scaling_pilot.md"))
     written = json.loads(open(str(tmp_path / "docs" / "scaling.json")).read())
     assert written["widths"] == list(WIDTHS) and written["seeds"] == [0, 1, 2]
     assert written["test_examples"] == NUM_IMAGES
     assert all({"claim", "estimate", "interval", "verdict"} <= set(row) for row in written["claims"])
     assert written["claims"] == json.loads(json.dumps(found["claims"]))
     lines = open(report).read().splitlines()
+    assert written["regime"] == json.loads(json.dumps(found["regime"])) and len(found["regime"]) == 4
+    regime = lines.index("## The regime")
+    assert "[scaling_pilot.md](scaling_pilot.md)" in lines[regime + 2]
+    assert lines[regime + 4].startswith("| where | check |")
+    assert lines[regime + 6] == ("| width 0.0625 | Dense AT leaves chance (natural accuracy) | natural accuracy "
+                                 "minus 10% > +0 points | +40.0 [+39.1, +40.9] | +40.0, +40.0, +40.0 | holds |")
     counts = next(line for line in lines if line.startswith("Of "))
     assert counts.startswith(f"Of {len(found['claims'])} claims: ")
     assert lines.index(counts) < next(i for i, line in enumerate(lines) if line.startswith("| where | claim"))

@@ -332,7 +332,7 @@ def unit_caches(planned, unit, output_dir, protocols=None):
 def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_examples=10000, epsilon=8.0,
         command="", batch_size=500, progress=False, log=print, stop_after="report", executor=None,
         r2s_test_examples=None, reference_autoattack_examples=None, records_dir="", autoattack=("autoattack_fast",),
-        reference_autoattack="autoattack", protocols=None, archive_dir=""):
+        reference_autoattack="autoattack", protocols=None, archive_dir="", pilot_path=""):
     """The whole study, unit by unit (`unit_order`): train its runs (`train`), evaluate them on `test_examples` test
     images (`evaluate`; R2S and the standard AutoAttack on the first `r2s_test_examples` and
     `reference_autoattack_examples` of them) as soon as they are trained, and record the unit's results in
@@ -341,11 +341,11 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     runs packed in `archive_dir` once trained (if given: durable storage outside the repository, as trained networks
     are not committed) are taken rather than made again (`restore_progress`). Then the report
     (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
-    <report>.json. Returns that JSON's content, or None when `stop_after`
-    is "train" or "evaluate". `autoattack`, `reference_autoattack` and `protocols` are `evaluate`'s. The runs go
-    through `executor` (default: one after another here), the evaluation runs here: after each unit's last run, or,
-    when the executor trains elsewhere (`trains_elsewhere`: Ray), in a background thread while the next runs train
-    (`Measurer`). The same call continues a killed study."""
+    <report>.json; its regime section links `pilot_path`, the pilot's report, if given. Returns that JSON's
+    content, or None when `stop_after` is "train" or "evaluate". `autoattack`, `reference_autoattack` and
+    `protocols` are `evaluate`'s. The runs go through `executor` (default: one after another here), the evaluation
+    runs here: after each unit's last run, or, when the executor trains elsewhere (`trains_elsewhere`: Ray), in a
+    background thread while the next runs train (`Measurer`). The same call continues a killed study."""
     from rst_tf.study import measure
     from rst_tf.study import scaling_records
     from rst_tf.study import scaling_report
@@ -418,7 +418,7 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     records = {unit: scaling_records.load(records_dir, unit, settings(unit)) for unit in order} if records_dir else {}
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
                                 units={"planned": order, "recorded": order, "reported": order},
-                                measured_on=measuring_machines(records))
+                                measured_on=measuring_machines(records), pilot_path=pilot_path)
 
 
 def run_name(output_dir, unit, run_dir):
@@ -518,7 +518,7 @@ def recorded_grid(units, recorded):
 def report_recorded(config, widths, remaining_ratios, output_dir, report_path, seeds, records_dir,
                     test_examples=10000, epsilon=8.0, command="", log=print, r2s_test_examples=None,
                     reference_autoattack_examples=None, autoattack=("autoattack_fast",),
-                    reference_autoattack="autoattack", protocols=None):
+                    reference_autoattack="autoattack", protocols=None, pilot_path=""):
     """The report of a study in progress, from its records alone: the (width, seed)s recorded in `records_dir`
     with the study's settings (as `run` would read them back), on the grid of them that `recorded_grid` picks.
     Trains, measures and reads nothing else and writes only the report (`scaling_report.write`, which marks it as
@@ -556,7 +556,7 @@ def report_recorded(config, widths, remaining_ratios, output_dir, report_path, s
     part = {unit: steps for unit, steps in planned.items() if unit in grid}
     return scaling_report.write(part, measured, times, config, report_path, command, epsilon, test_examples,
                                 units={"planned": unit_order(planned), "recorded": list(records), "reported": grid},
-                                measured_on=measuring_machines(records))
+                                measured_on=measuring_machines(records), pilot_path=pilot_path)
 
 
 def measuring_machines(records):

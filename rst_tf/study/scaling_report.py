@@ -163,6 +163,29 @@ def claims(results):
     return rows + trend_claims(results)
 
 
+def regime_checks(results):
+    """Whether the regime can show over-parameterisation at all, on the study's own dense AT runs: it leaves chance
+    (natural accuracy above 10%) at the narrowest and at the widest width, and gains from width (the least-squares
+    slope of its accuracy against log2(width), natural and under standard PGD-20, per seed). Not claims of the
+    paper: where these fail, a trend of the gap says little about width."""
+    widths, seeds = results.widths, results.seeds
+    rows = [_row(f"width {width:g}", "Dense AT leaves chance (natural accuracy)", "natural accuracy minus 10%", ">",
+                 0.0, [[(1.0, results.correct(width, s, "dense_at", "natural"))] for s in seeds], offset=CHANCE,
+                 width=width, kind="dense_above_chance", protocol="natural")
+            for width in dict.fromkeys((widths[0], widths[-1]))]
+    if len(widths) < 2:
+        return rows
+    weights = slope_weights(widths)
+    for protocol in ("natural", "standard"):
+        label = "natural accuracy" if protocol == "natural" else _robust_label(results, protocol)
+        rows.append(_row("trend", f"Dense AT gains from width ({label})",
+                         "slope of dense AT's accuracy per doubling of width", ">", 0.0,
+                         [[(float(weight), results.correct(width, s, "dense_at", protocol))
+                           for weight, width in zip(weights, widths)] for s in seeds],
+                         kind="dense_gains_from_width", protocol=protocol))
+    return rows
+
+
 def accuracy_table(results):
     """{width: {run label: {natural, robust by protocol: {estimate, interval, per_seed}}}} (means over seeds)."""
     table = {}
@@ -318,18 +341,30 @@ def interim_lines(units):
     return lines + [""]
 
 
-def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), status=(), at_chance=()):
-    lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
-             "Command:", "", "```sh", command, "```", "",
-             "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
-    lines += notes + ["", "## Claims", "", _verdict_counts(rows), "",
-                      "| where | claim | rule | difference, points [95% interval] | per seed | verdict |",
-                      "|---|---|---|---|---|---|"]
+def _verdict_rows(rows, heading="claim"):
+    lines = [f"| where | {heading} | rule | difference, points [95% interval] | per seed | verdict |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         per_seed = ", ".join(f"{100 * v:+.1f}" for v in row["per_seed"])
         claim = row["claim"] + (f" ({row['note']})" if row["note"] else "")
         lines.append(f"| {row['section']} | {claim} | {row['rule']} | {_points(row['estimate'], row['interval'])} "
                      f"| {per_seed} | {row['verdict']} |")
+    return lines
+
+
+def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), status=(), at_chance=(),
+             regime=(), pilot_file=""):
+    lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
+             "Command:", "", "```sh", command, "```", "",
+             "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
+    lines += notes + ["", "## Claims", "", _verdict_counts(rows), "", *_verdict_rows(rows)]
+    if regime:
+        lines += ["", "## The regime", "",
+                  "Whether this regime can show over-parameterisation at all, on the study's own runs: dense AT must "
+                  "leave chance at the narrowest and at the widest width and gain from width. These are checks of "
+                  "the study, not claims of the paper; where they fail, a trend of the gap says little about width."
+                  + (f" The pilot that chose the regime, with its evidence: [{os.path.basename(pilot_file)}]"
+                     f"({pilot_file})." if pilot_file else ""), "", *_verdict_rows(regime, "check")]
     lines += ["", "## Accuracy by width (mean of the seeds [95% interval])", ""]
     columns = ["natural", "standard", "paper", "worst"]
     titles = {"natural": "natural", "standard": "PGD-20 standard", "paper": "PGD-20 paper",
@@ -469,12 +504,13 @@ def costs_text(costs):
 
 
 def write(planned, measured, times, config, report_path, command, epsilon, test_examples, units=None,
-          measured_on=None):
+          measured_on=None, pilot_path=""):
     """The report at `report_path`, its figure in <report>_figures/gap.png, and <report>.json (widths, seeds,
-    test_examples, claims: [{claim, estimate, interval, verdict, ...}], accuracy, scale). `units` ({planned,
-    recorded, reported: [(width, seed)]}, default: `planned`'s, all of them) says how much of the study the report
-    covers; the JSON's `complete` is whether it covers every planned (width, seed). `measured_on` ({(width, seed):
-    machine text}, from the records) names the machine that measured each (width, seed)."""
+    test_examples, claims: [{claim, estimate, interval, verdict, ...}], regime (`regime_checks`, same fields),
+    accuracy, scale). `units` ({planned, recorded, reported: [(width, seed)]}, default: `planned`'s, all of them)
+    says how much of the study the report covers; the JSON's `complete` is whether it covers every planned (width,
+    seed). `measured_on` ({(width, seed): machine text}, from the records) names the machine that measured each
+    (width, seed). `pilot_path`, if given, is the pilot's report, linked from the regime's section."""
     from rst_tf.training import run_dir as run_files
 
     results = Measured(planned, measured, epsilon)
@@ -516,12 +552,16 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
     units = {key: [[width, seed] for width, seed in value] for key, value in units.items()}
     costs = cost_rows(results, times, measured_on)
     at_chance = runs_at_chance(results)
-    text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units), at_chance)
+    regime = regime_checks(results)
+    pilot_file = os.path.relpath(pilot_path, os.path.dirname(os.path.abspath(report_path))) if pilot_path else ""
+    text = markdown(command, scale, rows, table, relative, costs, notes, checks, interim_lines(units), at_chance,
+                    regime, pilot_file)
     os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
     run_files.write_text(report_path, text)
     found = {"command": command, "widths": results.widths, "seeds": results.seeds, "test_examples": test_examples,
              "epsilon": epsilon, "remaining_ratios": list(results.ratios), "claim_ratio": results.ratio,
              "complete": units["reported"] == units["planned"], "units": units, "scale": scale, "claims": rows,
+             "regime": regime,
              "accuracy": table, "autoattack_check": checks, "runs_at_chance": at_chance, "run_times": times,
              "costs": costs}
     run_files.write_json(stem + ".json", found)
