@@ -140,17 +140,22 @@ def slope_weights(widths):
     return centred / float((centred ** 2).sum())
 
 
+def slope_terms(results, protocol, signed_runs):
+    """Per seed, the contrast terms of the least-squares slope against log2(width) of the sum of sign * accuracy
+    over `signed_runs` ([(sign, run)])."""
+    weights = slope_weights(results.widths)
+    return [[(sign * float(weight), results.correct(width, s, run, protocol))
+             for weight, width in zip(weights, results.widths) for sign, run in signed_runs] for s in results.seeds]
+
+
 def trend_claims(results):
     """The slope of (RST - dense AT) against log2(width), robust and natural, per seed, as one contrast."""
     if len(results.widths) < 2:
         return []
-    weights = slope_weights(results.widths)
     protocols = ["standard", "worst", "natural"]
     rows = []
     for protocol in protocols:
-        terms = [[term for weight, width in zip(weights, results.widths) for term in (
-            (float(weight), results.correct(width, s, results.ratio, protocol)),
-            (-float(weight), results.correct(width, s, "dense_at", protocol)))] for s in results.seeds]
+        terms = slope_terms(results, protocol, [(1.0, results.ratio), (-1.0, "dense_at")])
         label = "natural accuracy" if protocol == "natural" else _robust_label(results, protocol)
         rows.append(_row("trend", f"The gap RST at {results.ratio:g} minus dense AT grows with width ({label})",
                          "slope of (RST - dense AT) per doubling of width", ">", 0.0, terms, kind="trend",
@@ -175,13 +180,11 @@ def regime_checks(results):
             for width in dict.fromkeys((widths[0], widths[-1]))]
     if len(widths) < 2:
         return rows
-    weights = slope_weights(widths)
     for protocol in ("natural", "standard"):
         label = "natural accuracy" if protocol == "natural" else _robust_label(results, protocol)
         rows.append(_row("trend", f"Dense AT gains from width ({label})",
                          "slope of dense AT's accuracy per doubling of width", ">", 0.0,
-                         [[(float(weight), results.correct(width, s, "dense_at", protocol))
-                           for weight, width in zip(weights, widths)] for s in seeds],
+                         slope_terms(results, protocol, [(1.0, "dense_at")]),
                          kind="dense_gains_from_width", protocol=protocol))
     return rows
 
