@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from rst_tf.study import executors, scaling, scaling_report
+from rst_tf.study import executors, report, scaling, scaling_report
 from rst_tf.measuring import contrasts
 from rst_tf.training.config import SearchConfig
 
@@ -283,7 +283,7 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     regime = lines.index("## The regime")
     assert "[scaling_pilot.md](scaling_pilot.md)" in lines[regime + 2]
     assert lines[regime + 4].startswith("| where | check |")
-    assert lines[regime + 6] == ("| width 0.0625 | Dense AT leaves chance (natural accuracy) | natural accuracy "
+    assert lines[regime + 6] == ("| width 1/16 | Dense AT leaves chance (natural accuracy) | natural accuracy "
                                  "minus 10% > +0 points | +40.0 [+39.1, +40.9] | +40.0, +40.0, +40.0 | holds |")
     counts = next(line for line in lines if line.startswith("Of "))
     assert counts.startswith(f"Of {len(found['claims'])} claims: ")
@@ -310,6 +310,21 @@ def test_the_report_of_a_study_writes_its_claims_table_json_and_figure(tmp_path)
     assert f"| {collapsed} | 10.1% [9.2, 11.1] | 9.9% |" in lines
     dense = found["accuracy"]["0.125"]["dense AT"]
     assert dense["standard"]["estimate"] == pytest.approx(0.30) and dense["natural"]["estimate"] == pytest.approx(0.5)
+    assert any(line.startswith("| 1/8 | dense AT | 50.0% [") for line in lines)
+    assert any(line.startswith("| width 1/4 | RST at 20% is within 3 points of dense AT, robust") for line in lines)
+    assert any(line.startswith("Scale: network resnet18 at widths 1/16, 1/8, 1/4,") and "ratios 5%, 10%, 20%," in line
+               for line in lines)
+
+
+def test_the_report_writes_widths_as_fractions_ratios_as_percentages_and_counts_in_the_plural():
+    widths = (0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 0.3)
+    assert [scaling_report.width_label(w) for w in widths] == ["1/16", "1/8", "1/4", "1/2", "1", "2", "0.3"]
+    assert [scaling_report.ratio_label(r) for r in (0.05, 0.1, 0.2, 0.007)] == ["5%", "10%", "20%", "0.7%"]
+    verdicts = ["holds", "holds", "does not hold", "undecided at this scale"]
+    assert report.verdict_counts([{"verdict": v} for v in verdicts]) == (
+        "Of 4 claims: 2 hold, 1 does not hold, 1 undecided at this scale.")
+    assert report.verdict_counts([{"verdict": v} for v in verdicts[1:] + ["does not hold"]]) == (
+        "Of 4 claims: 1 holds, 2 do not hold, 1 undecided at this scale.")
 
 
 class TrainsElsewhere(executors.LocalExecutor):

@@ -150,7 +150,7 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
              "difference), added in quadrature "
              "(`rst_tf/measuring/contrasts.py`). \"holds\": the interval lies on the paper's side of the rule's "
              "margin; \"does not hold\": on the other side; else \"undecided at this scale\".", "",
-             "## Claims", "", _verdict_counts(claim_rows), "",
+             "## Claims", "", verdict_counts(claim_rows), "",
              "| § | claim | rule | difference, points [95% interval] | per seed | verdict |",
              "|---|---|---|---|---|---|"]
     for row in claim_rows:
@@ -190,10 +190,13 @@ def markdown_report(command, scale, wall_seconds, figures_data, claim_rows, figu
     return "\n".join(lines)
 
 
-def _verdict_counts(claim_rows):
+def verdict_counts(claim_rows):
+    """"Of 15 claims: 4 hold, 1 does not hold, 10 undecided at this scale."."""
     counts = collections.Counter(row["verdict"] for row in claim_rows)
+    plural = {"holds": "hold", "does not hold": "do not hold"}
     return f"Of {len(claim_rows)} claims: " + ", ".join(
-        f"{counts[verdict]} {verdict}" for verdict in contrasts.VERDICTS) + "."
+        f"{counts[verdict]} {verdict if counts[verdict] == 1 else plural.get(verdict, verdict)}"
+        for verdict in contrasts.VERDICTS) + "."
 
 
 def threads_text(threads):

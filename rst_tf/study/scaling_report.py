@@ -5,7 +5,6 @@ minus dense AT (robust and natural), the RST above chance, R2S minus its best si
 adaptive attacks (EOT, Ensemble) minus dense AT; across widths, the least-squares slope of (RST - dense AT)
 against log2(width), formed per seed as a weighted sum of per-example results, so the seeds are its replicates.
 """
-import collections
 import math
 import os
 
@@ -89,6 +88,18 @@ def _robust_label(results, protocol):
     return f"PGD-20, {protocol} protocol"
 
 
+def width_label(width):
+    """A width multiplier as people write it: "1/16" for 0.0625, "2" for 2.0."""
+    if 0 < width < 1 and abs(1 / width - round(1 / width)) < 1e-9:
+        return f"1/{round(1 / width)}"
+    return f"{width:g}"
+
+
+def ratio_label(ratio):
+    """A remaining ratio as a percentage of the weights: "20%" for 0.2."""
+    return f"{100 * ratio:.4g}%"
+
+
 def width_claims(results, width):
     """The claims at one width."""
     seeds, ratio = results.seeds, results.ratio
@@ -96,19 +107,21 @@ def width_claims(results, width):
     robust_protocols = ["standard", "paper", "worst"]
     for protocol in robust_protocols:
         rows.append(_row(
-            f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, robust "
-            f"({_robust_label(results, protocol)})", "RST minus dense AT", ">", -CLOSE_POINTS / 100,
+            f"width {width_label(width)}", f"RST at {ratio_label(ratio)} is within {CLOSE_POINTS:g} points of dense "
+            f"AT, robust ({_robust_label(results, protocol)})", "RST minus dense AT", ">", -CLOSE_POINTS / 100,
             [[(1.0, results.correct(width, s, ratio, protocol)),
               (-1.0, results.correct(width, s, "dense_at", protocol))] for s in seeds],
             width=width, kind="rst_minus_dense_robust", protocol=protocol))
     rows.append(_row(
-        f"width {width:g}", f"RST at {ratio:g} is within {CLOSE_POINTS:g} points of dense AT, natural",
+        f"width {width_label(width)}",
+        f"RST at {ratio_label(ratio)} is within {CLOSE_POINTS:g} points of dense AT, natural",
         "RST minus dense AT", ">", -CLOSE_POINTS / 100,
         [[(1.0, results.correct(width, s, ratio, "natural")), (-1.0, results.correct(width, s, "dense_at", "natural"))]
          for s in seeds], width=width, kind="rst_minus_dense_natural", protocol="natural"))
     strongest = robust_protocols[-1]
     rows.append(_row(
-        f"width {width:g}", f"RST at {ratio:g} is robust above chance ({_robust_label(results, strongest)})",
+        f"width {width_label(width)}",
+        f"RST at {ratio_label(ratio)} is robust above chance ({_robust_label(results, strongest)})",
         "robust accuracy minus 10%", ">", 0.0, [[(1.0, results.correct(width, s, ratio, strongest))] for s in seeds],
         offset=CHANCE, width=width, kind="rst_above_chance", protocol=strongest))
     for protocol in PROTOCOLS:
@@ -119,12 +132,13 @@ def width_claims(results, width):
             best = max(r2s_of_seed["tickets"], key=lambda row: row["attacked"])
             terms.append([(1.0, r2s_of_seed["r2s_correct"]["vanilla"]),
                           (-1.0, best["attacked_correct"][:results.r2s_examples(width, s, protocol)])])
-        rows.append(_row(f"width {width:g}", f"R2S beats its best single ticket under the vanilla attack "
+        rows.append(_row(f"width {width_label(width)}", f"R2S beats its best single ticket under the vanilla attack "
                          f"({_robust_label(results, protocol)})", "R2S minus best single ticket", ">", 0.0, terms,
                          note=note, width=width, kind="r2s_minus_best_single", protocol=protocol))
         for kind, label in (("eot", "EOT over all tickets"), ("ensemble", "the Ensemble attack")):
             rows.append(_row(
-                f"width {width:g}", f"R2S under {label} beats dense AT (Table 5; {_robust_label(results, protocol)})",
+                f"width {width_label(width)}",
+                f"R2S under {label} beats dense AT (Table 5; {_robust_label(results, protocol)})",
                 f"R2S ({kind}) minus dense AT", ">", 0.0,
                 [[(1.0, results.r2s(width, s, protocol)["r2s_correct"][kind]),
                   (-1.0, results.correct(width, s, "dense_at", protocol)[:results.r2s_examples(width, s, protocol)])]
@@ -157,7 +171,8 @@ def trend_claims(results):
     for protocol in protocols:
         terms = slope_terms(results, protocol, [(1.0, results.ratio), (-1.0, "dense_at")])
         label = "natural accuracy" if protocol == "natural" else _robust_label(results, protocol)
-        rows.append(_row("trend", f"The gap RST at {results.ratio:g} minus dense AT grows with width ({label})",
+        rows.append(_row("trend",
+                         f"The gap RST at {ratio_label(results.ratio)} minus dense AT grows with width ({label})",
                          "slope of (RST - dense AT) per doubling of width", ">", 0.0, terms, kind="trend",
                          protocol=protocol))
     return rows
@@ -174,9 +189,10 @@ def regime_checks(results):
     slope of its accuracy against log2(width), natural and under standard PGD-20, per seed). Not claims of the
     paper: where these fail, a trend of the gap says little about width."""
     widths, seeds = results.widths, results.seeds
-    rows = [_row(f"width {width:g}", "Dense AT leaves chance (natural accuracy)", "natural accuracy minus 10%", ">",
-                 0.0, [[(1.0, results.correct(width, s, "dense_at", "natural"))] for s in seeds], offset=CHANCE,
-                 width=width, kind="dense_above_chance", protocol="natural")
+    rows = [_row(f"width {width_label(width)}", "Dense AT leaves chance (natural accuracy)",
+                 "natural accuracy minus 10%", ">", 0.0,
+                 [[(1.0, results.correct(width, s, "dense_at", "natural"))] for s in seeds], offset=CHANCE, width=width,
+                 kind="dense_above_chance", protocol="natural")
             for width in dict.fromkeys((widths[0], widths[-1]))]
     if len(widths) < 2:
         return rows
@@ -192,7 +208,7 @@ def regime_checks(results):
 def accuracy_table(results):
     """{width: {run label: {natural, robust by protocol: {estimate, interval, per_seed}}}} (means over seeds)."""
     table = {}
-    runs = [("dense AT", "dense_at")] + [(f"RST {r:g}", r) for r in results.ratios]
+    runs = [("dense AT", "dense_at")] + [(f"RST {ratio_label(r)}", r) for r in results.ratios]
     protocols = ["natural", *PROTOCOLS, "worst"]
     for width in results.widths:
         table[f"{width:g}"] = {}
@@ -257,27 +273,30 @@ def gap_figure(results, rows, path):
 
     widths = results.widths
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for run, label, color in (("dense_at", "dense AT", "black"), (results.ratio, f"RST {results.ratio:g}", "C0")):
-        for protocol, style in (("natural", ":"), ("standard", "-")):
-            found = [contrasts.mean_accuracy([results.correct(w, s, run, protocol) for s in results.seeds])
-                     for w in widths]
-            _bars(left, widths, found, 100.0, f"{label} {'natural' if protocol == 'natural' else 'PGD-20'}",
-                  color, style)
+    claimed = (results.ratio, f"RST {ratio_label(results.ratio)}", "C0")
+    series = [(run, label, color, protocol, style) for run, label, color in (("dense_at", "dense AT", "black"), claimed)
+              for protocol, style in (("natural", ":"), ("standard", "-"))]
+    for index, (run, label, color, protocol, style) in enumerate(series):
+        found = [contrasts.mean_accuracy([results.correct(w, s, run, protocol) for s in results.seeds])
+                 for w in widths]
+        _bars(left, _dodged(widths, index, len(series)), found, 100.0,
+              f"{label} {'natural' if protocol == 'natural' else 'PGD-20'}", color, style)
     left.set_ylabel("accuracy (%)")
     left.set_title("accuracy by width (mean of seeds, 95% interval)")
-    for protocol, color in (("standard", "C0"), ("natural", "C2"), ("worst", "C3")):
+    gaps = (("standard", "C0"), ("natural", "C2"), ("worst", "C3"))
+    for index, (protocol, color) in enumerate(gaps):
         found = [row for row in rows if row["kind"] in ("rst_minus_dense_robust", "rst_minus_dense_natural")
                  and row["protocol"] == protocol]
         if found:
             label = {"standard": "robust (PGD-20)", "natural": "natural", "worst": "robust (worst case)"}[protocol]
-            _bars(right, widths, found, 100.0, label, color, "-")
+            _bars(right, _dodged(widths, index, len(gaps)), found, 100.0, label, color, "-")
     right.axhline(-CLOSE_POINTS, color="gray", linestyle="--", label=f"-{CLOSE_POINTS:g} points")
     right.axhline(0, color="black", linewidth=0.5)
     right.set_ylabel("RST minus dense AT (points)")
     right.set_title("the gap against width")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(widths, [f"1/{round(1 / w)}" if w < 1 else f"{w:g}" for w in widths])
+        ax.set_xticks(widths, [width_label(w) for w in widths])
         ax.set_xlabel("width multiplier of ResNet18")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -286,6 +305,11 @@ def gap_figure(results, rows, path):
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _dodged(widths, index, count, spread=0.04):
+    """`widths` moved a little apart on the log2 axis for series `index` of `count`, so error bars do not overlap."""
+    return [w * 2 ** (spread * (index - (count - 1) / 2)) for w in widths]
 
 
 def _bars(ax, widths, found, scale, label, color, style):
@@ -310,13 +334,8 @@ def _pct(entry):
     return f"{100 * entry['estimate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
-def _verdict_counts(rows):
-    counts = collections.Counter(row["verdict"] for row in rows)
-    return f"Of {len(rows)} claims: " + ", ".join(f"{counts[v]} {v}" for v in contrasts.VERDICTS) + "."
-
-
 def _units_text(units):
-    return ", ".join(f"width {width:g} seed {seed}" for width, seed in units)
+    return ", ".join(f"width {width_label(width)} seed {seed}" for width, seed in units)
 
 
 def interim_lines(units):
@@ -330,7 +349,7 @@ def interim_lines(units):
     lines = [f"**A study in progress:** {len(recorded)} of its {len(planned)} (width, seed)s "
              f"{'is' if len(recorded) == 1 else 'are'} recorded "
              f"({_units_text(recorded)}). This report covers {len(reported)} of them, every seed at every width it "
-             f"has: width{'s' if len(widths) > 1 else ''} {', '.join(f'{w:g}' for w in widths)}, seed"
+             f"has: width{'s' if len(widths) > 1 else ''} {', '.join(map(width_label, widths))}, seed"
              f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}."]
     if len(seeds) < 2:
         lines[0] += " With one seed a claim has no interval and is undecided."
@@ -360,7 +379,7 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
     lines = ["# Robust scratch tickets against dense adversarial training as the network grows", "", *status,
              "Command:", "", "```sh", command, "```", "",
              "Scale: " + ", ".join(f"{name} {value}" for name, value in scale.items()) + ".", ""]
-    lines += notes + ["", "## Claims", "", _verdict_counts(rows), "", *_verdict_rows(rows)]
+    lines += notes + ["", "## Claims", "", report.verdict_counts(rows), "", *_verdict_rows(rows)]
     if regime:
         lines += ["", "## The regime", "",
                   "Whether this regime can show over-parameterisation at all, on the study's own runs: dense AT must "
@@ -376,7 +395,7 @@ def markdown(command, scale, rows, table, figure_file, costs, notes, checks=(), 
     for width, models in table.items():
         for label, entry in models.items():
             cells = [_pct(entry[c]) if c in entry else "-" for c in columns]
-            lines.append(f"| {width} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {width_label(float(width))} | {label} | " + " | ".join(cells) + " |")
     lines += ["", f"![RST minus dense AT against width]({figure_file})", ""]
     if at_chance:
         lines += ["## Runs that did not leave chance", "",
@@ -522,11 +541,11 @@ def write(planned, measured, times, config, report_path, command, epsilon, test_
     stem = os.path.splitext(report_path)[0]
     figure_path = gap_figure(results, rows, os.path.join(stem + "_figures", "gap.png"))
     relative = os.path.relpath(figure_path, os.path.dirname(os.path.abspath(report_path)) or ".")
-    scale = {"network": f"{config.network} at widths " + ", ".join(f"{w:g}" for w in results.widths),
+    scale = {"network": f"{config.network} at widths " + ", ".join(map(width_label, results.widths)),
              "train images": config.train_examples, "validation images": config.validation_examples,
              "epochs": config.epochs, "batch size": config.batch_size,
              "search attack": f"{config.attack}-{config.attack_steps} at {round(config.epsilon * 255, 2):g}/255",
-             "remaining ratios": ", ".join(f"{r:g}" for r in results.ratios),
+             "remaining ratios": ", ".join(map(ratio_label, results.ratios)),
              "seeds": ", ".join(map(str, results.seeds)), "test images": test_examples}
     notes = [
         f"Robust accuracy: PGD-20 at {epsilon:g}/255 of each run's best checkpoint (validation PGD accuracy on "
