@@ -483,7 +483,7 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     dense_dir = planned[unit][0].output_dir
     times = {dense_dir: {"wall_seconds": 60.0, "cpu_seconds": 100.0, "resumed": False, "threads": 1}}
     json.dump(times, open(os.path.join(first, "run_times.json"), "w"))
-    scaling_records.save(progress, unit, settings, caches, first, partial=True)
+    partial_path = scaling_records.save(progress, unit, settings, caches, first, partial=True)
     assert scaling.kept_progress(planned, unit, first, progress, settings, archive) == (3, 3, 9)
     assert scaling.kept_progress(planned, unit, first, progress, settings) == (0, 3, 9)
     fourth = str(tmp_path / "fourth" / "runs")
@@ -509,6 +509,27 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     for run_dir, found in before["caches"]["autoattack.json"]["by_run"].items():
         for attack, entry in found.items():
             assert again["caches"]["autoattack.json"]["by_run"][run_dir][attack]["correct"] == entry["correct"]
+
+    # On a machine where the unit's runs are neither finished nor packed, they train again, so the measurements of
+    # the lost networks are left out rather than paired with the new ones; only a run unpacked from the archive
+    # keeps its own (here dense AT: its PGD under both protocols and its run time; the R2S files go with the RSTs).
+    assert scaling_records.save(progress, unit, settings, caches, first, partial=True) == partial_path
+    fifth, only_dense = str(tmp_path / "fifth" / "runs"), str(tmp_path / "only_dense")
+    planned_fifth = scaling.plan(config, widths, ratios, fifth, seeds)
+    assert scaling.kept_progress(planned_fifth, unit, fifth, progress, settings) == (0, 3, 0)
+    os.makedirs(os.path.join(only_dense, "width_0.0625_seed_1"))
+    shutil.copy(os.path.join(archive, "width_0.0625_seed_1", "dense_at.npz"),
+                os.path.join(only_dense, "width_0.0625_seed_1"))
+    assert scaling.kept_progress(planned_fifth, unit, fifth, progress, settings, only_dense) == (1, 3, 3)
+    messages = []
+    scaling.restore_progress(planned_fifth, unit, fifth, progress, settings, messages.append, only_dense)
+    assert messages[1:] == [f"width 0.0625 seed 1: 3 measurements read from {partial_path}",
+                            f"width 0.0625 seed 1: 6 measurements in {partial_path} left out: their runs are not "
+                            "here or in the archive, so they train and are measured again"]
+    dense_fifth = planned_fifth[unit][0].output_dir
+    for name in ("evaluation.json", "evaluation_paper.json", "run_times.json"):
+        assert list(json.load(open(os.path.join(fifth, name)))) == [dense_fifth]
+    assert not os.path.exists(os.path.join(fifth, "width_0.0625", "seed_1", "r2s.json"))
 
     # The report of the study so far, from the records alone: no runs, no data, nothing written but the report.
     # Every (width, seed) recorded: the claims are those of the measurements the records were made from.

@@ -428,38 +428,49 @@ def run_name(output_dir, unit, run_dir):
 
 def kept_progress(planned, unit, output_dir, records_dir, settings, archive_dir=""):
     """What is kept of `unit` in progress: (its runs packed in `archive_dir` with their planned configuration, its
-    runs, the measurements and run times in its partial record in `records_dir` made with `settings`)."""
+    runs, the measurements and run times in its partial record in `records_dir` made with `settings` that still
+    describe its networks: those of runs packed there or finished in `output_dir`)."""
+    from rst_tf.study import executors
     from rst_tf.study import run_archive
     from rst_tf.study import scaling_records
 
-    runs = [(run_name(output_dir, unit, run_dir), config) for step in planned[unit]
+    runs = [(run_dir, run_name(output_dir, unit, run_dir), config) for step in planned[unit]
             for _, run_dir, config in reproduce.step_configs(step)]
-    packed = [name for name, config in runs if archive_dir
+    packed = [run_dir for run_dir, name, config in runs if archive_dir
               and os.path.isfile(scaling_records.archive_path(archive_dir, unit, name))
               and run_archive.matches(scaling_records.archive_path(archive_dir, unit, name), config)]
-    record = scaling_records.load(records_dir, unit, settings, partial=True) or {"caches": {}}
-    measured = sum((1 if entries["content"] else 0) if entries.get("whole") else len(entries["by_run"])
-                   for entries in record["caches"].values())
+    kept_runs = set(packed) | {run_dir for run_dir, _, _ in runs if executors.is_finished(run_dir)}
+    found, _ = scaling_records.partial_entries(scaling_records.load(records_dir, unit, settings, partial=True),
+                                               output_dir, kept_runs)
+    measured = sum(1 if entries.get("whole") else len(entries["by_run"]) for entries in found.values())
     return len(packed), len(runs), measured
 
 
 def restore_progress(planned, unit, output_dir, records_dir, settings, log=print, archive_dir=""):
     """What is kept of `unit` in progress (`scaling_records`), written into `output_dir`: its runs packed in
     `archive_dir` that are not finished here, and the measurements of its partial record in `records_dir` that the
-    caches here lack."""
+    caches here lack, of the runs whose trained networks are here (finished, or unpacked): a run that trains again
+    is measured again, and so is the R2S over it."""
     from rst_tf.study import executors
     from rst_tf.study import scaling_records
 
     prefix = f"width {unit[0]:g} seed {unit[1]}: "
+    run_dirs = []
     for step in planned[unit]:
         for _, run_dir, config in reproduce.step_configs(step):
+            run_dirs.append(run_dir)
             name = run_name(output_dir, unit, run_dir)
             if archive_dir and not executors.is_finished(run_dir) and scaling_records.restore_run(
                     archive_dir, unit, name, run_dir, config):
                 log(prefix + f"{name} unpacked from {scaling_records.archive_path(archive_dir, unit, name)}")
-    written = scaling_records.restore_partial(records_dir, unit, settings, output_dir)
+    kept_runs = {run_dir for run_dir in run_dirs if executors.is_finished(run_dir)}
+    written, left_out = scaling_records.restore_partial(records_dir, unit, settings, output_dir, kept_runs)
+    path = scaling_records.record_path(records_dir, unit, True)
     if written:
-        log(prefix + f"{written} measurements read from {scaling_records.record_path(records_dir, unit, True)}")
+        log(prefix + f"{written} measurements read from {path}")
+    if left_out:
+        log(prefix + f"{left_out} measurements in {path} left out: their runs are not here or in the archive, so "
+            "they train and are measured again")
 
 
 class Measurer:

@@ -20,7 +20,7 @@ repository (trained networks are not committed), each trained run packed in `wid
     scaling_records.save_run(archive_dir, (0.125, 1), "rst/ratio_0.2", run_dir)       # once the run is trained
     scaling_records.restore_run(archive_dir, (0.125, 1), "rst/ratio_0.2", run_dir, config)   # True: unpacked
     scaling_records.save(records_dir, (0.125, 1), record, caches, output_dir, partial=True)   # as it is measured
-    scaling_records.restore_partial(records_dir, (0.125, 1), record, output_dir)      # what is not measured here
+    scaling_records.restore_partial(records_dir, (0.125, 1), record, output_dir, kept_runs)  # what is not measured
 """
 import datetime
 import os
@@ -141,27 +141,50 @@ def restore(records_dir, unit, settings, output_dir):
     return True
 
 
-def restore_partial(records_dir, unit, settings, output_dir):
-    """Write the measurements of `unit` that its partial record (made with `settings`) holds and the study's cache
-    files in `output_dir` do not (a run's entries, an R2S file). Returns the number of entries written."""
-    record = load(records_dir, unit, settings, partial=True)
-    written = 0
+def partial_entries(record, output_dir, kept_runs=None):
+    """The measurements of a partial `record` that still describe the unit's networks: {cache file name, relative
+    to the output folder: {"by_run": its entries by run folder} or {"whole": True, "content": the file}}, run paths
+    joined to `output_dir`. With `kept_runs` (the unit's run folders whose trained networks are the ones that were
+    measured: finished in `output_dir` or unpacked from the archive), the entries of any other run are left out, as
+    that run trains again and must be measured again, and so is a whole file (an R2S result) unless every run it
+    was measured over (its `run_dirs`) is kept. Returns (those entries, how many were left out)."""
+    kept, left_out = {}, 0
     for name, entries in (record or {}).get("caches", {}).items():
+        if entries.get("whole"):
+            content = absolute(entries["content"], output_dir)
+            if content and kept_runs is not None and not set(content.get("run_dirs", ())) <= set(kept_runs):
+                left_out += 1
+            elif content:
+                kept[name] = {"whole": True, "content": content}
+            continue
+        by_run = absolute(entries["by_run"], output_dir)
+        kept[name] = {"by_run": {run_dir: entry for run_dir, entry in by_run.items()
+                                 if kept_runs is None or run_dir in kept_runs}}
+        left_out += len(by_run) - len(kept[name]["by_run"])
+    return kept, left_out
+
+
+def restore_partial(records_dir, unit, settings, output_dir, kept_runs=None):
+    """Write the measurements of `unit` that its partial record (made with `settings`) holds and the study's cache
+    files in `output_dir` do not (a run's entries, an R2S file), but those of runs not in `kept_runs`
+    (`partial_entries`). Returns (the number of entries written, the number left out)."""
+    found, left_out = partial_entries(load(records_dir, unit, settings, partial=True), output_dir, kept_runs)
+    written = 0
+    for name, entries in found.items():
         path = os.path.join(output_dir, name)
         if entries.get("whole"):
-            if entries["content"] and not os.path.isfile(path):
+            if not os.path.isfile(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                run_files.write_json(path, absolute(entries["content"], output_dir))
+                run_files.write_json(path, entries["content"])
                 written += 1
             continue
         cache = run_files.read_json(path)
-        missing = {run_dir: entry for run_dir, entry in absolute(entries["by_run"], output_dir).items()
-                   if run_dir not in cache}
+        missing = {run_dir: entry for run_dir, entry in entries["by_run"].items() if run_dir not in cache}
         if missing:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             run_files.write_json(path, dict(cache, **missing))
             written += len(missing)
-    return written
+    return written, left_out
 
 
 def save(records_dir, unit, settings, caches, output_dir, partial=False):
