@@ -141,30 +141,30 @@ def restore(records_dir, unit, settings, output_dir):
     return True
 
 
-def partial_entries(record, output_dir, kept_runs=None):
+def partial_entries(record, output_dir, kept_runs):
     """The measurements of a partial `record` that still describe the unit's networks: {cache file name, relative
     to the output folder: {"by_run": its entries by run folder} or {"whole": True, "content": the file}}, run paths
-    joined to `output_dir`. With `kept_runs` (the unit's run folders whose trained networks are the ones that were
-    measured: finished in `output_dir` or unpacked from the archive), the entries of any other run are left out, as
-    that run trains again and must be measured again, and so is a whole file (an R2S result) unless every run it
-    was measured over (its `run_dirs`) is kept. Returns (those entries, how many were left out)."""
+    joined to `output_dir`, of `kept_runs` alone (the unit's run folders whose trained networks are the ones that
+    were measured: finished in `output_dir` or unpacked from the archive). Any other run trains again and must be
+    measured again, so its entries are left out, and so is a whole file (an R2S result) unless every run it was
+    measured over (its `run_dirs`) is kept. Returns (those entries, how many were left out)."""
     kept, left_out = {}, 0
     for name, entries in (record or {}).get("caches", {}).items():
         if entries.get("whole"):
             content = absolute(entries["content"], output_dir)
-            if content and kept_runs is not None and not set(content.get("run_dirs", ())) <= set(kept_runs):
+            if content and not set(content.get("run_dirs", ())) <= set(kept_runs):
                 left_out += 1
             elif content:
                 kept[name] = {"whole": True, "content": content}
             continue
         by_run = absolute(entries["by_run"], output_dir)
         kept[name] = {"by_run": {run_dir: entry for run_dir, entry in by_run.items()
-                                 if kept_runs is None or run_dir in kept_runs}}
+                                 if run_dir in kept_runs}}
         left_out += len(by_run) - len(kept[name]["by_run"])
     return kept, left_out
 
 
-def restore_partial(records_dir, unit, settings, output_dir, kept_runs=None):
+def restore_partial(records_dir, unit, settings, output_dir, kept_runs):
     """Write the measurements of `unit` that its partial record (made with `settings`) holds and the study's cache
     files in `output_dir` do not (a run's entries, an R2S file), but those of runs not in `kept_runs`
     (`partial_entries`). Returns (the number of entries written, the number left out)."""
