@@ -453,12 +453,17 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     r2s = measured["r2s"][0.0625, 1, "standard"]
     assert set(r2s["r2s_correct"]) == {"vanilla", "eot", "ensemble"} and len(r2s["tickets"]) == 2
 
-    # Another machine: a new output folder, no runs. Nothing is trained or measured again.
+    # Another machine: a new output folder, no runs. Nothing is trained or measured again, and the study's report
+    # comes from the records: the claims of the measurements they were made from.
     second = str(tmp_path / "second" / "runs")
     messages = []
-    scaling.run(dataclasses.replace(config, data_dir=cifar10_path + "/"), widths, ratios, second,
-                str(tmp_path / "second" / "scaling.md"), seeds, log=messages.append, **options)
+    found = scaling.run(dataclasses.replace(config, data_dir=cifar10_path + "/"), widths, ratios, second,
+                        str(tmp_path / "second" / "scaling.md"), seeds, log=messages.append,
+                        **dict(options, stop_after="report"))
     assert not os.path.exists(os.path.join(second, "width_0.0625", "seed_0", "dense_at"))
+    whole = scaling_report.write(planned, measured, {}, config, str(tmp_path / "whole.md"), "", 8.0, 8)
+    assert found["complete"] and found["seeds"] == [0, 1]
+    assert json.loads(json.dumps(found["claims"]).replace(second, first)) == json.loads(json.dumps(whole["claims"]))
     assert messages == [f"width 0.0625 seed {s}: recorded in {os.path.join(records, f'width_0.0625_seed_{s}.json')}"
                         for s in seeds]
     for name in ("evaluation.json", "autoattack.json", "width_0.0625/seed_1/r2s.json"):
@@ -539,7 +544,6 @@ def test_a_recorded_study_continues_elsewhere_without_its_runs_and_a_changed_one
     found = scaling.report_recorded(dataclasses.replace(config, data_dir=str(tmp_path / "no data")), widths, ratios,
                                     third, report, seeds, log=messages.append, **recorded_options)
     assert not os.path.exists(third) and found["complete"] and found["seeds"] == [0, 1]
-    whole = scaling_report.write(planned, measured, {}, config, str(tmp_path / "whole.md"), "", 8.0, 8)
     assert json.loads(json.dumps(found["claims"]).replace(third, first)) == json.loads(json.dumps(whole["claims"]))
     assert "A study in progress" not in open(report).read()
     # One seed recorded: the report covers it, says so, and decides nothing.

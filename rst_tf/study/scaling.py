@@ -340,7 +340,8 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     of trained and measured; of a unit in progress, its measurements so far (saved there after each one) and its
     runs packed in `archive_dir` once trained (if given: durable storage outside the repository, as trained networks
     are not committed) are taken rather than made again (`restore_progress`). Then the report
-    (`scaling_report`): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
+    (`scaling_report`; with `records_dir`, made from the records alone, as `report_recorded` makes it, so that units
+    recorded on other machines need no runs here): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
     <report>.json; its regime section links `pilot_path`, the pilot's report, if given. Returns that JSON's
     content, or None when `stop_after` is "train" or "evaluate". `autoattack`, `reference_autoattack` and
     `protocols` are `evaluate`'s. The runs go through `executor` (default: one after another here), the evaluation
@@ -412,13 +413,17 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
         measurer.finish()
     if stop_after != "report":
         return None
+    if records_dir:  # every unit is recorded by now: those recorded elsewhere have no runs here, only their records
+        return report_recorded(config, widths, remaining_ratios, output_dir, report_path, seeds, records_dir,
+                               test_examples, epsilon, command, lambda message: None, r2s_test_examples,
+                               reference_autoattack_examples, autoattack, reference_autoattack, protocols,
+                               pilot_path)
     measured = evaluate(planned, output_dir, test_sets, epsilon, eval_steps, log, **attacks_of)
     times = run_files.read_json(os.path.join(output_dir, "run_times.json"))
     order = unit_order(planned)
-    records = {unit: scaling_records.load(records_dir, unit, settings(unit)) for unit in order} if records_dir else {}
     return scaling_report.write(planned, measured, times, config, report_path, command, epsilon, test_examples,
                                 units={"planned": order, "recorded": order, "reported": order},
-                                measured_on=measuring_machines(records), pilot_path=pilot_path)
+                                pilot_path=pilot_path)
 
 
 def run_name(output_dir, unit, run_dir):
