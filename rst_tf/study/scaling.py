@@ -341,12 +341,13 @@ def run(config, widths, remaining_ratios, output_dir, report_path, seeds, test_e
     runs packed in `archive_dir` once trained (if given: durable storage outside the repository, as trained networks
     are not committed) are taken rather than made again (`restore_progress`). Then the report
     (`scaling_report`; with `records_dir`, made from the records alone, as `report_recorded` makes it, so that units
-    recorded on other machines need no runs here): markdown at `report_path`, figures in <report>_figures/, everything as JSON in
-    <report>.json; its regime section links `pilot_path`, the pilot's report, if given. Returns that JSON's
-    content, or None when `stop_after` is "train" or "evaluate". `autoattack`, `reference_autoattack` and
-    `protocols` are `evaluate`'s. The runs go through `executor` (default: one after another here), the evaluation
-    runs here: after each unit's last run, or, when the executor trains elsewhere (`trains_elsewhere`: Ray), in a
-    background thread while the next runs train (`Measurer`). The same call continues a killed study."""
+    recorded on other machines need no runs here): markdown at `report_path`, figures in <report>_figures/,
+    everything as JSON in <report>.json; its regime section links `pilot_path`, the pilot's report, if given.
+    Returns that JSON's content, or None when `stop_after` is "train" or "evaluate". `autoattack`,
+    `reference_autoattack` and `protocols` are `evaluate`'s. The runs go through `executor` (default: one after
+    another here), the evaluation runs here: after each unit's last run, or, when the executor trains elsewhere
+    (`trains_elsewhere`: Ray), in a background thread while the next runs train (`Measurer`). The same call
+    continues a killed study."""
     from rst_tf.study import measure
     from rst_tf.study import scaling_records
     from rst_tf.study import scaling_report
